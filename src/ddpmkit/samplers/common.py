@@ -1,0 +1,268 @@
+"""What every sampler shares: the time grid, the model call (with guidance) and the x_T set-up.
+
+Conventions (all samplers):
+
+* ``model_fn(x_t, t, y=None)`` returns the raw network output; it is always called with the
+  *network* time index ``process.network_t(t)`` and only gets ``y`` when labels are in play, so a
+  plain ``lambda x, t: ...`` works for unconditional models.  Its output goes through the one
+  model-output adapter, ``process.p_mean_variance``; no sampler re-derives x0 or eps itself.
+* Time grids are increasing lists of integer indices of the discrete schedule.  Every sampler,
+  including the continuous-time ODE solvers, evaluates the network only at those integer indices:
+  the network was trained there, so the query is exact, and the solvers use the exact
+  ``alpha_bar`` of those indices for their coefficients (the continuous schedule is never
+  interpolated).  A grid of n indices is turned into a respaced process (``respace``), so the
+  samplers loop over that process's own steps ``n-1 .. 0``.
+* ``callback(step, t, x_t, x0_pred)`` is called once per step, before the update, with the step
+  number (0-based), the network time index ``t`` (int) of ``x_t``, the state and the prediction of
+  x0 from it.
+* Randomness comes only from ``generator`` (or from a passed-in ``x_T``).  Noise is drawn on the
+  generator's device and moved, so a CPU generator gives the same numbers on any device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..diffusion.parameterization import Prediction
+from ..diffusion.process import GaussianDiffusion
+from ..diffusion.timesteps import respace
+
+SPACINGS = ("uniform", "leading", "quadratic", "logsnr", "karras")
+
+ModelFn = Callable[..., torch.Tensor]
+Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+
+
+# --- time grids ------------------------------------------------------------------------------
+
+def check_steps(steps, T: int) -> int:
+    """``steps`` (None = all T) as an int in 1..T, with an error naming the allowed range."""
+    if steps is None:
+        return T
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
+        raise TypeError(f"steps must be an int in 1..{T} or an increasing sequence of time indices, "
+                        f"got {type(steps).__name__}")
+    if steps < 1 or steps > T:
+        raise ValueError(f"steps must be in 1..{T} (the process has T = {T} steps), got {steps}")
+    return int(steps)
+
+
+def _strictly_increasing(idx: np.ndarray, T: int) -> list[int]:
+    """Sorted indices made distinct by moving collisions to free neighbours (n <= T always fits)."""
+    idx = np.clip(np.sort(np.asarray(idx, dtype=np.int64)), 0, T - 1)
+    n = idx.size
+    for i in range(1, n):  # push up
+        idx[i] = max(idx[i], idx[i - 1] + 1)
+    idx[-1] = min(idx[-1], T - 1)
+    for i in range(n - 2, -1, -1):  # pull down from the top
+        idx[i] = min(idx[i], idx[i + 1] - 1)
+    return [int(i) for i in idx]
+
+
+def _nearest(grid: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Index of the grid value nearest each target."""
+    return np.abs(grid[:, None] - targets[None, :]).argmin(axis=0)
+
+
+def sampling_timesteps(process: GaussianDiffusion, steps=None, spacing: str = "uniform",
+                       *, rho: float = 7.0) -> list[int]:
+    """Increasing integer time indices (of ``process``) at which a sampler queries the network.
+
+    ``steps`` is a count in 1..T (None = all T) or an explicit increasing sequence of indices.
+    Spacings for a count n (all but 'leading' contain the last index T-1, and 0 when n > 1):
+
+    * ``uniform``   - evenly spaced in t: round(linspace(0, T-1, n)).
+    * ``leading``   - the DDIM paper's uniform stride c = T // n: 0, c, 2c, ...
+    * ``quadratic`` - the DDIM paper's quadratic spacing, (T-1) (i / (n-1))^2 (denser near data).
+    * ``logsnr``    - evenly spaced in log-SNR lambda = log(alpha / sigma) (DPM-Solver's choice).
+    * ``karras``    - Karras et al. (2022): sigma = sqrt((1 - abar) / abar) spaced as
+      (sigma_max^(1/rho) + u (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, rho = 7.
+
+    The continuous targets of 'logsnr' and 'karras' are snapped to the nearest index of the
+    discrete schedule (in lambda resp. log sigma); collisions are moved to free neighbours, so the
+    result always has exactly n distinct indices.
+    """
+    T = process.num_timesteps
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r}; valid spacings: {', '.join(SPACINGS)}")
+    if steps is not None and not isinstance(steps, (int, np.integer)):
+        if isinstance(steps, (str, bytes)) or not isinstance(steps, (Sequence, np.ndarray, torch.Tensor)):
+            raise TypeError(f"steps must be an int in 1..{T} or an increasing sequence of time indices, "
+                            f"got {type(steps).__name__}")
+        kept = [int(k) for k in (steps.tolist() if hasattr(steps, "tolist") else steps)]
+        increasing = all(b > a for a, b in zip(kept[:-1], kept[1:], strict=True))
+        if not kept or not increasing or kept[0] < 0 or kept[-1] >= T:
+            raise ValueError(f"explicit time indices must be a non-empty, strictly increasing sequence in "
+                             f"0..{T - 1}, got {kept[:5]}{'...' if len(kept) > 5 else ''}")
+        return kept
+    n = check_steps(steps, T)
+    if n == 1:
+        return [T - 1]
+    u = np.arange(n, dtype=np.float64) / (n - 1)  # 0 .. 1
+    abar = process.alphas_cumprod.detach().cpu().double().numpy()
+    if spacing == "uniform":
+        idx = np.round(u * (T - 1))
+    elif spacing == "leading":
+        idx = np.arange(n) * (T // n)
+    elif spacing == "quadratic":
+        idx = np.round(u**2 * (T - 1))
+    elif spacing == "logsnr":
+        lam = 0.5 * (np.log(abar) - np.log1p(-abar))
+        idx = _nearest(lam, lam[0] + u * (lam[-1] - lam[0]))
+    else:  # karras
+        log_sig = 0.5 * (np.log1p(-abar) - np.log(abar))
+        smin, smax = math.exp(log_sig[0]), math.exp(log_sig[-1])
+        sig = (smax ** (1 / rho) + (1 - u) * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
+        idx = _nearest(log_sig, np.log(sig))
+    return _strictly_increasing(idx, T)
+
+
+def sampling_process(process: GaussianDiffusion, steps=None, spacing: str = "uniform") -> GaussianDiffusion:
+    """The process restricted to ``sampling_timesteps`` (the process itself when all steps are kept)."""
+    kept = sampling_timesteps(process, steps, spacing)
+    if len(kept) == process.num_timesteps:
+        return process
+    return respace(process, kept)
+
+
+# --- x_T and noise ---------------------------------------------------------------------------
+
+def randn(shape, generator: torch.Generator | None, device, dtype) -> torch.Tensor:
+    """Standard normal noise drawn on the generator's device, then moved to ``device``."""
+    gen_device = generator.device if generator is not None else device
+    return torch.randn(tuple(shape), generator=generator, device=gen_device, dtype=dtype).to(device)
+
+
+def initial_x(process: GaussianDiffusion, x_T_or_shape, generator, device, dtype) -> torch.Tensor:
+    """A given x_T (moved/cast if device/dtype are given) or N(0, I) noise of the given shape."""
+    if isinstance(x_T_or_shape, torch.Tensor):
+        return x_T_or_shape.to(device=device or x_T_or_shape.device, dtype=dtype or x_T_or_shape.dtype)
+    try:
+        shape = tuple(int(s) for s in x_T_or_shape)
+    except TypeError:
+        raise TypeError(f"x_T_or_shape must be a tensor or a shape, "
+                        f"got {type(x_T_or_shape).__name__}") from None
+    if not shape or any(s < 1 for s in shape):
+        raise ValueError(f"shape must be non-empty with positive sizes, got {shape}")
+    device = torch.device(device) if device is not None else process.alphas_cumprod.device
+    return randn(shape, generator, device, dtype or torch.float32)
+
+
+# --- classifier-free guidance ----------------------------------------------------------------
+
+def model_num_classes(model_fn) -> int | None:
+    """``num_classes`` of a model: ``model_fn.num_classes``, ``model_fn.config.num_classes``, or the
+    same on the module of a bound method / the function of a ``functools.partial``; None if absent."""
+    for obj in (model_fn, getattr(model_fn, "__self__", None), getattr(model_fn, "func", None)):
+        if obj is None:
+            continue
+        n = getattr(obj, "num_classes", None)
+        if n is None:
+            n = getattr(getattr(obj, "config", None), "num_classes", None)
+        if n is not None:
+            return int(n)
+    return None
+
+
+def guided_model_fn(model_fn: ModelFn, y: torch.Tensor, w: float, null_label: int, *,
+                    learned_variance: bool = False) -> ModelFn:
+    """Classifier-free guidance (Ho & Salimans 2022) as a model: out = out_null + w (out_y - out_null).
+
+    One forward pass on the doubled batch [x, x] with labels [y, null].  The combination is done on
+    the raw prediction (eps, x0 or v); because eps is an affine function of x0 and of v at fixed
+    (x_t, t) and the weights (1 - w) + w sum to one, this equals combining in eps space
+    (eps = eps_null + w (eps_y - eps_null)) for every prediction type.  With a learned variance
+    (2C output channels) only the first C channels are combined; the variance channels are the
+    conditional ones.  w = 1 is the conditional model, w = 0 the unconditional one.
+    """
+    w = float(w)
+
+    def fn(x_t: torch.Tensor, t: torch.Tensor, y_ignored=None) -> torch.Tensor:
+        b = x_t.shape[0]
+        labels = torch.as_tensor(y, device=x_t.device).reshape(-1).expand(b).long()
+        null = torch.full_like(labels, int(null_label))
+        t2 = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(b)
+        out = model_fn(torch.cat([x_t, x_t]), torch.cat([t2, t2]), y=torch.cat([labels, null]))
+        cond, uncond = out[:b], out[b:]
+        if learned_variance:
+            c = x_t.shape[1]
+            mixed = uncond[:, :c] + w * (cond[:, :c] - uncond[:, :c])
+            return torch.cat([mixed, cond[:, c:]], dim=1)
+        return uncond + w * (cond - uncond)
+
+    fn.num_classes = None  # a guided model is used as an unconditional one
+    return fn
+
+
+def _check_labels(y, batch: int, num_classes: int, device) -> torch.Tensor:
+    y = torch.as_tensor(y, device=device)
+    if y.dtype.is_floating_point or y.dtype == torch.bool:
+        raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
+    y = y.reshape(-1).long()
+    if y.numel() == 1:
+        y = y.expand(batch)
+    if y.shape != (batch,):
+        raise ValueError(f"y must be one label or {batch} labels (one per sample), "
+                         f"got shape {tuple(y.shape)}")
+    if int(y.min()) < 0 or int(y.max()) > num_classes:
+        raise ValueError(f"labels must be in 0..{num_classes - 1} (or {num_classes} = null), "
+                         f"got values in {int(y.min())}..{int(y.max())}")
+    return y
+
+
+class Predictor:
+    """``predict(x, i) -> Prediction`` at index i of ``process``: one network call (two half-batches
+    with guidance) through the model-output adapter.  Counts network evaluations in ``nfe``."""
+
+    def __init__(self, model_fn: ModelFn, process: GaussianDiffusion, batch: int, device, *,
+                 y=None, guidance: float | None = None, num_classes: int | None = None,
+                 clip_x0=False):
+        self.process, self.clip_x0, self.nfe = process, clip_x0, 0
+        labels = None
+        if guidance is not None:
+            if not math.isfinite(float(guidance)):
+                raise ValueError(f"guidance scale must be a finite number, got {guidance}")
+            nc = num_classes if num_classes is not None else model_num_classes(model_fn)
+            if nc is None:
+                raise ValueError(
+                    "classifier-free guidance needs a class-conditional model, but this model is "
+                    "unconditional (no num_classes on model_fn or model_fn.config); pass num_classes=K "
+                    "if it is conditional with null label K")
+            if y is None:
+                raise ValueError("classifier-free guidance needs class labels y (one or one per sample)")
+            labels = _check_labels(y, batch, nc, device)
+            model_fn = guided_model_fn(model_fn, labels, guidance, nc,
+                                       learned_variance=process.variance == "learned_range")
+        elif y is not None:
+            nc = num_classes if num_classes is not None else model_num_classes(model_fn)
+            labels = (_check_labels(y, batch, nc, device) if nc is not None
+                      else torch.as_tensor(y, device=device))
+        self.model_fn = model_fn
+        self.labels = None if guidance is not None else labels
+
+    def __call__(self, x: torch.Tensor, i: int) -> Prediction:
+        t = torch.full((x.shape[0],), int(i), dtype=torch.long, device=x.device)
+        net_t = self.process.network_t(t)
+        if self.labels is None:
+            out = self.model_fn(x, net_t)
+        else:
+            out = self.model_fn(x, net_t, y=self.labels)
+        self.nfe += 1
+        return self.process.p_mean_variance(out, x, t, clip_x0=self.clip_x0)
+
+
+def steps_iter(n: int, progress: bool, desc: str):
+    if not progress:
+        return range(n)
+    from tqdm.auto import tqdm
+
+    return tqdm(range(n), desc=desc, total=n)
+
+
+def abar_list(process: GaussianDiffusion) -> list[float]:
+    """alpha_bar of each index as Python floats (float64 scalars keep per-step work tiny)."""
+    return [float(a) for a in process.alphas_cumprod.detach().cpu().double()]
