@@ -1,0 +1,218 @@
+"""Building blocks of the DDPM / Improved DDPM U-Net.
+
+Paper mapping (Ho et al. 2020, Appendix B; Nichol & Dhariwal 2021, Section 3/Appendix A):
+
+* :func:`timestep_embedding` - the Transformer sinusoidal position embedding of the time index ``t``.
+  DDPM (and diffusers' google/ddpm-cifar10-32) writes ``[sin, cos]`` with frequencies
+  ``exp(-log(10000) * i / (half - 1))``; improved-diffusion writes ``[cos, sin]`` with ``/ half``.
+  Both are the same function with two switches (``flip_sin_to_cos``, ``freq_shift``).
+* :class:`TimeMLP` - the two dense layers that lift the embedding to ``4 * ch``.
+* :class:`ResBlock` - the Wide-ResNet block with GroupNorm, the time embedding added after the first
+  convolution (DDPM) or applied as a scale and shift of the second GroupNorm (Improved DDPM's
+  "scale-shift norm", ``GN(h) * (1 + s) + b``).
+* :class:`AttentionBlock` - the PixelCNN++-style self-attention at chosen resolutions.
+* :class:`Downsample` / :class:`Upsample` - stride-2 convolution (or average pooling) and
+  nearest-neighbour doubling followed by a 3x3 convolution.
+
+Every block accepts NCHW tensors in either contiguous or ``channels_last`` memory format and keeps the
+format it was given (the U-Net runs internally in channels_last on CPU where that is faster).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "timestep_embedding",
+    "TimeMLP",
+    "ResBlock",
+    "AttentionBlock",
+    "Downsample",
+    "Upsample",
+    "zero_",
+    "DOWNSAMPLE_MODES",
+]
+
+DOWNSAMPLE_MODES = ("conv_asym", "conv", "avgpool")
+
+
+def timestep_embedding(
+    t: torch.Tensor,
+    dim: int,
+    *,
+    flip_sin_to_cos: bool = False,
+    freq_shift: float = 1.0,
+    max_period: float = 10000.0,
+) -> torch.Tensor:
+    """Sinusoidal embedding of time indices ``t`` (shape ``(B,)``, integer or float) -> ``(B, dim)``.
+
+    ``freqs[i] = exp(-log(max_period) * i / (dim // 2 - freq_shift))`` for ``i < dim // 2``; the output is
+    ``[sin(t * freqs), cos(t * freqs)]`` or, with ``flip_sin_to_cos``, ``[cos, sin]``.
+
+    * DDPM / diffusers google/ddpm-cifar10-32: ``flip_sin_to_cos=False, freq_shift=1``.
+    * improved-diffusion: ``flip_sin_to_cos=True, freq_shift=0``.
+
+    An odd ``dim`` gets one trailing zero. Always computed in float32.
+    """
+    if t.ndim != 1:
+        raise ValueError(f"timestep_embedding expects t of shape (B,), got shape {tuple(t.shape)}")
+    half = dim // 2
+    if half - freq_shift <= 0:
+        raise ValueError(f"embedding dim {dim} is too small for freq_shift={freq_shift}")
+    exponent = torch.arange(half, dtype=torch.float32, device=t.device) * (-math.log(max_period))
+    freqs = torch.exp(exponent / (half - freq_shift))
+    args = t.to(torch.float32)[:, None] * freqs[None, :]
+    parts = (torch.cos(args), torch.sin(args)) if flip_sin_to_cos else (torch.sin(args), torch.cos(args))
+    emb = torch.cat(parts, dim=1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+def zero_(module: nn.Module) -> nn.Module:
+    """Zero all parameters of ``module`` in place (DDPM's ``init_scale=0`` / improved-diffusion's
+    ``zero_module``): residual branches start as the identity."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class TimeMLP(nn.Module):
+    """Dense(ch -> 4ch) -> SiLU -> Dense(4ch -> 4ch), applied to the sinusoidal embedding.
+
+    Every ResBlock then applies SiLU followed by its own dense projection; the shared SiLU is computed
+    once by the U-Net (mathematically identical to doing it in every block).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_dim, out_dim)
+        self.linear_2 = nn.Linear(out_dim, out_dim)
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(F.silu(self.linear_1(emb)))
+
+
+class ResBlock(nn.Module):
+    """Residual block of the DDPM U-Net.
+
+    DDPM (default)::
+
+        h = conv1(SiLU(GN(x))) + Dense(SiLU(temb))
+        h = conv2(dropout(SiLU(GN(h))))
+        return skip(x) + h
+
+    Improved DDPM's scale-shift norm (``scale_shift_norm=True``): the projection gives ``(s, b)`` and
+    the second normalisation becomes ``GN(h) * (1 + s) + b``.
+
+    ``skip`` is the identity when the channel count is unchanged, otherwise a 1x1 convolution (DDPM's
+    ``nin_shortcut``) or a 3x3 one (``skip_conv3x3=True``).
+    """
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        temb_dim: int,
+        *,
+        dropout: float = 0.0,
+        scale_shift_norm: bool = False,
+        norm_groups: int = 32,
+        norm_eps: float = 1e-6,
+        skip_conv3x3: bool = False,
+    ):
+        super().__init__()
+        self.scale_shift_norm = scale_shift_norm
+        self.norm1 = nn.GroupNorm(norm_groups, in_ch, eps=norm_eps)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.temb_proj = nn.Linear(temb_dim, out_ch * (2 if scale_shift_norm else 1))
+        self.norm2 = nn.GroupNorm(norm_groups, out_ch, eps=norm_eps)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = zero_(nn.Conv2d(out_ch, out_ch, 3, padding=1))
+        if in_ch == out_ch:
+            self.skip = nn.Identity()
+        elif skip_conv3x3:
+            self.skip = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        else:
+            self.skip = nn.Conv2d(in_ch, out_ch, 1)
+
+    def forward(self, x: torch.Tensor, temb_act: torch.Tensor) -> torch.Tensor:
+        """``temb_act`` is ``SiLU(time_mlp(...))`` of shape ``(B, temb_dim)``."""
+        h = self.conv1(F.silu(self.norm1(x)))
+        e = self.temb_proj(temb_act)[:, :, None, None]
+        if self.scale_shift_norm:
+            scale, shift = e.chunk(2, dim=1)
+            h = torch.addcmul(shift, self.norm2(h), 1 + scale)
+        else:
+            h = self.norm2(h + e)
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class AttentionBlock(nn.Module):
+    """Self-attention over the ``H*W`` positions with ``num_heads`` heads and a residual connection.
+
+    ``x + proj(attention(q, k, v))`` with ``q, k, v`` = a single dense layer applied to ``GN(x)``
+    (output channels ordered ``[q | k | v]``, each split into heads contiguously, as in diffusers).
+    The 1x1 convolutions of the papers are written as dense layers over a ``(B, H*W, C)`` view, which is
+    free when the input is channels_last.
+    """
+
+    def __init__(self, ch: int, *, num_heads: int = 1, norm_groups: int = 32, norm_eps: float = 1e-6):
+        super().__init__()
+        if ch % num_heads:
+            raise ValueError(f"attention channels {ch} are not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.norm = nn.GroupNorm(norm_groups, ch, eps=norm_eps)
+        self.qkv = nn.Linear(ch, 3 * ch)
+        self.proj = zero_(nn.Linear(ch, ch))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, hgt, wid = x.shape
+        heads, d = self.num_heads, c // self.num_heads
+        h = self.norm(x).permute(0, 2, 3, 1).reshape(b, hgt * wid, c)
+        qkv = self.qkv(h).view(b, hgt * wid, 3, heads, d).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, heads, HW, d)
+        out = self.proj(out.transpose(1, 2).reshape(b, hgt * wid, c))
+        return x + out.view(b, hgt, wid, c).permute(0, 3, 1, 2)
+
+
+class Downsample(nn.Module):
+    """Halve the resolution.
+
+    * ``"conv_asym"``: 3x3 stride-2 convolution after padding one row/column at the bottom/right only
+      (TensorFlow ``SAME`` as in the original DDPM code; diffusers ``downsample_padding=0``).
+    * ``"conv"``: 3x3 stride-2 convolution with symmetric padding 1 (improved-diffusion).
+    * ``"avgpool"``: 2x2 average pooling (no parameters).
+    """
+
+    def __init__(self, ch: int, mode: str = "conv_asym"):
+        super().__init__()
+        if mode not in DOWNSAMPLE_MODES:
+            raise ValueError(f"unknown downsample mode {mode!r}; valid modes: {', '.join(DOWNSAMPLE_MODES)}")
+        self.mode = mode
+        self.conv = None
+        if mode != "avgpool":
+            self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=1 if mode == "conv" else 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "avgpool":
+            return F.avg_pool2d(x, 2)
+        if self.mode == "conv_asym":
+            x = F.pad(x, (0, 1, 0, 1))
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Double the resolution: nearest-neighbour interpolation, then a 3x3 convolution."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
