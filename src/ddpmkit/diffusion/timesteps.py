@@ -68,7 +68,7 @@ class LossSecondMomentSampler(UniformSampler):
 
     def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
         """Record per-example losses at their steps (gather across processes first under DDP)."""
-        for ti, li in zip(t.detach().cpu().tolist(), losses.detach().double().cpu().tolist()):
+        for ti, li in zip(t.detach().cpu().tolist(), losses.detach().double().cpu().tolist(), strict=True):
             if self.loss_counts[ti] == self.history:
                 self.loss_history[ti, :-1] = self.loss_history[ti, 1:]
                 self.loss_history[ti, -1] = li
