@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from ddpmkit.data import DATASETS, DataError, Dataset, load_dataset, random_flip, to_model_range, to_uint8
+from ddpmkit.data.dataset import resize_images
 
 
 def test_uint8_round_trip_is_exact_for_every_value():
@@ -110,3 +111,12 @@ def test_digits_shape_labels_and_fixed_split():
     assert len(sub) == 100 and torch.equal(sub.x, load_dataset("digits", n=100, seed=5).x)
     big = load_dataset("digits", n=20, image_size=16, channels=3)
     assert big.shape == (3, 16, 16)
+
+
+def test_resize_images_keeps_constants_and_crops_the_centre():
+    x = np.full((3, 2, 10, 20), 77, np.uint8)
+    x[:, :, :, 5:15] = 200  # the centre square of the wide image
+    out = resize_images(x, 5)
+    assert out.shape == (3, 2, 5, 5) and out.dtype == np.uint8
+    assert np.all(out[:, :, :, 2] == 200) and out.min() > 150  # only the bright middle survives the crop
+    assert np.array_equal(resize_images(np.full((2, 1, 8, 8), 9, np.uint8), 32), np.full((2, 1, 32, 32), 9))

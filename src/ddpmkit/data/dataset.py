@@ -143,15 +143,23 @@ def convert_channels(x: np.ndarray, channels: int) -> np.ndarray:
     raise DataError(f"cannot convert {c}-channel images to {channels} channels (use 1 or 3)")
 
 
-def resize_images(x: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (N, C, H, W) -> (N, C, size, size) by :func:`resize_center_crop` on each image."""
+def resize_images(x: np.ndarray, size: int, chunk: int = 4096) -> np.ndarray:
+    """uint8 (N, C, H, W) -> (N, C, size, size): shorter side to ``size`` (bicubic, antialiased when
+    shrinking), then the centre crop; done in torch in chunks (60k Fashion-MNIST images in ~2 s)."""
+    import torch.nn.functional as F
+
     n, c, h, w = x.shape
     if h == size and w == size:
         return x
+    s = size / min(h, w)
+    nh, nw = max(size, round(h * s)), max(size, round(w * s))
+    top, left = (nh - size) // 2, (nw - size) // 2
     out = np.empty((n, c, size, size), dtype=np.uint8)
-    for i in range(n):
-        for j in range(c):
-            out[i, j] = np.asarray(resize_center_crop(Image.fromarray(x[i, j]), size))
+    for i in range(0, n, chunk):
+        part = torch.from_numpy(x[i:i + chunk]).to(torch.float32)
+        part = F.interpolate(part, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
+        part = part[:, :, top:top + size, left:left + size]
+        out[i:i + chunk] = part.round().clamp(0, 255).to(torch.uint8).numpy()
     return out
 
 
