@@ -116,7 +116,7 @@ def test_digits_shape_labels_and_fixed_split():
 def test_resize_images_keeps_constants_and_crops_the_centre():
     x = np.full((3, 2, 10, 20), 77, np.uint8)
     x[:, :, :, 5:15] = 200  # the centre square of the wide image
-    out = resize_images(x, 5)
-    assert out.shape == (3, 2, 5, 5) and out.dtype == np.uint8
-    assert np.all(out[:, :, :, 2] == 200) and out.min() > 150  # only the bright middle survives the crop
+    out = resize_images(x, 4)  # 10 x 20 -> 4 x 8, crop columns 2..5 = original columns 5..15
+    assert out.shape == (3, 2, 4, 4) and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - 200).max() <= 10  # only the bright middle survives (bicubic rings a little)
     assert np.array_equal(resize_images(np.full((2, 1, 8, 8), 9, np.uint8), 32), np.full((2, 1, 32, 32), 9))
