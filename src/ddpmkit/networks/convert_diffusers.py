@@ -111,10 +111,13 @@ def diffusers_config_to_unet_config(dcfg: dict[str, Any], **overrides) -> UNetCo
         size = size[0]
     in_ch, out_ch = dcfg.get("in_channels", 3), dcfg.get("out_channels", 3)
     if out_ch not in (in_ch, 2 * in_ch):
-        raise ValueError(
-            f"out_channels={out_ch} must be in_channels ({in_ch}) or twice that (learned variance)"
-        )
+        raise ValueError(f"out_channels={out_ch} must be in_channels ({in_ch}) or twice that (learned variance)")
     n_cls = dcfg.get("num_class_embeds")
+
+    head_dim, num_heads = dcfg.get("attention_head_dim"), 1
+    attn_chans = {c for c, a in zip(chans, attn_levels, strict=True) if a} | {chans[-1]}
+    if head_dim is not None and len(attn_chans) == 1:  # same heads everywhere: say it as num_heads
+        num_heads, head_dim = attn_chans.pop() // head_dim, None
 
     fields = dict(
         in_channels=in_ch,
@@ -124,8 +127,8 @@ def diffusers_config_to_unet_config(dcfg: dict[str, Any], **overrides) -> UNetCo
         num_res_blocks=dcfg.get("layers_per_block", 2),
         attn_resolutions=tuple(int(size) // 2**i for i, a in enumerate(attn_levels) if a),
         dropout=float(dcfg.get("dropout", 0.0)),
-        num_heads=1,
-        head_channels=dcfg.get("attention_head_dim"),
+        num_heads=num_heads,
+        head_channels=head_dim,
         scale_shift_norm=shift == "scale_shift",
         learn_sigma=out_ch == 2 * in_ch,
         num_classes=None if n_cls is None else n_cls - 1,
@@ -186,9 +189,7 @@ def _diffusers_head_dim(cfg: UNetConfig) -> int | None:
     if cfg.num_heads == 1:
         return None
     attn_chans = {
-        cfg.ch * m
-        for m, r in zip(cfg.ch_mult, cfg.level_resolutions, strict=True)
-        if r in cfg.attn_resolutions
+        cfg.ch * m for m, r in zip(cfg.ch_mult, cfg.level_resolutions, strict=True) if r in cfg.attn_resolutions
     }
     attn_chans.add(cfg.ch * cfg.ch_mult[-1])  # middle block
     dims = {c // cfg.num_heads for c in attn_chans}
@@ -335,9 +336,7 @@ def load_diffusers_unet(path: str | os.PathLike, **overrides) -> UNet:
         raise ValueError(f"diffusers checkpoint is missing {len(missing)} tensor(s), e.g. {missing[:5]}")
     for k, v in state.items():
         if v.shape != ours[k].shape:
-            raise ValueError(
-                f"shape mismatch for {k}: checkpoint {tuple(v.shape)} vs network {tuple(ours[k].shape)}"
-            )
+            raise ValueError(f"shape mismatch for {k}: checkpoint {tuple(v.shape)} vs network {tuple(ours[k].shape)}")
     net.load_state_dict({k: v.to(ours[k].dtype) for k, v in state.items()}, strict=True)
     return net
 

@@ -62,9 +62,7 @@ def _replace(config: NetworkConfig, overrides: dict[str, Any]) -> NetworkConfig:
     valid = [f.name for f in dataclasses.fields(config)]
     unknown = sorted(set(overrides) - set(valid))
     if unknown:
-        raise ValueError(
-            f"unknown {type(config).__name__} field(s) {unknown}; valid fields: {', '.join(valid)}"
-        )
+        raise ValueError(f"unknown {type(config).__name__} field(s) {unknown}; valid fields: {', '.join(valid)}")
     return dataclasses.replace(config, **overrides) if overrides else config
 
 

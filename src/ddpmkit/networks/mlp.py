@@ -46,9 +46,7 @@ class MLPConfig:
 
     def __post_init__(self):
         if self.dim < 1 or self.hidden < 1 or self.num_layers < 1 or self.temb_dim < 4:
-            raise ValueError(
-                f"MLPConfig: dim, hidden, num_layers must be positive and temb_dim >= 4, got {self}"
-            )
+            raise ValueError(f"MLPConfig: dim, hidden, num_layers must be positive and temb_dim >= 4, got {self}")
         if self.num_classes is not None and self.num_classes < 1:
             raise ValueError(f"MLPConfig: num_classes must be None or a positive int, got {self.num_classes}")
 
@@ -72,9 +70,7 @@ def mlp_preset(name: str, **overrides) -> MLPConfig:
         valid = {f.name for f in dataclasses.fields(MLPConfig)}
         unknown = sorted(set(overrides) - valid)
         if unknown:
-            raise ValueError(
-                f"unknown MLPConfig field(s) {unknown}; valid fields: {', '.join(sorted(valid))}"
-            )
+            raise ValueError(f"unknown MLPConfig field(s) {unknown}; valid fields: {', '.join(sorted(valid))}")
         cfg = dataclasses.replace(cfg, **overrides)
     return cfg
 
@@ -88,9 +84,7 @@ class MLPDenoiser(nn.Module):
         cfg = config if config is not None else MLPConfig()
         self.config = cfg
         self.time_mlp = TimeMLP(cfg.temb_dim, cfg.hidden)
-        self.label_emb = (
-            nn.Embedding(cfg.num_classes + 1, cfg.hidden) if cfg.num_classes is not None else None
-        )
+        self.label_emb = nn.Embedding(cfg.num_classes + 1, cfg.hidden) if cfg.num_classes is not None else None
         widths = [cfg.dim] + [cfg.hidden] * cfg.num_layers
         self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(widths[:-1], widths[1:], strict=True))
         self.temb_proj = nn.ModuleList(nn.Linear(cfg.hidden, cfg.hidden) for _ in range(cfg.num_layers))
@@ -110,9 +104,7 @@ class MLPDenoiser(nn.Module):
             t = t.expand(b)
         if t.shape != (b,):
             raise ValueError(f"t must be a scalar or have shape ({b},), got {tuple(t.shape)}")
-        emb = timestep_embedding(
-            t, cfg.temb_dim, flip_sin_to_cos=cfg.flip_sin_to_cos, freq_shift=cfg.freq_shift
-        )
+        emb = timestep_embedding(t, cfg.temb_dim, flip_sin_to_cos=cfg.flip_sin_to_cos, freq_shift=cfg.freq_shift)
         temb = self.time_mlp(emb.to(x.dtype))
         if cfg.num_classes is None:
             if y is not None:

@@ -1,0 +1,124 @@
+"""Closed-form checks of the U-Net building blocks."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ddpmkit.networks.layers import AttentionBlock, Downsample, ResBlock, Upsample, timestep_embedding
+
+
+def _randomize(module, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return module
+
+
+def test_timestep_embedding_ddpm_convention():
+    """DDPM / google/ddpm-cifar10-32: [sin, cos], frequencies exp(-ln(1e4) * i / (half - 1))."""
+    t = torch.tensor([0, 1, 17, 999])
+    emb = timestep_embedding(t, 8, flip_sin_to_cos=False, freq_shift=1)
+    freqs = torch.tensor([math.exp(-math.log(10000) * i / 3) for i in range(4)])
+    args = t.double()[:, None] * freqs.double()[None]
+    expected = torch.cat([args.sin(), args.cos()], dim=1).float()
+    torch.testing.assert_close(emb, expected, atol=1e-4, rtol=1e-5)
+
+
+def test_timestep_embedding_improved_convention():
+    """improved-diffusion: [cos, sin], frequencies exp(-ln(1e4) * i / half)."""
+    t = torch.tensor([0.0, 2.5, 400.0])
+    emb = timestep_embedding(t, 8, flip_sin_to_cos=True, freq_shift=0)
+    freqs = torch.tensor([math.exp(-math.log(10000) * i / 4) for i in range(4)])
+    args = t.double()[:, None] * freqs.double()[None]
+    expected = torch.cat([args.cos(), args.sin()], dim=1).float()
+    torch.testing.assert_close(emb, expected, atol=1e-4, rtol=1e-5)
+
+
+def test_timestep_embedding_int_and_float_agree_and_odd_dim_pads():
+    t_int = torch.tensor([3, 250])
+    torch.testing.assert_close(timestep_embedding(t_int, 16), timestep_embedding(t_int.float(), 16))
+    odd = timestep_embedding(t_int, 9)
+    assert odd.shape == (2, 9) and torch.all(odd[:, -1] == 0)
+    with pytest.raises(ValueError, match="shape"):
+        timestep_embedding(torch.zeros(2, 1), 8)
+
+
+def test_timestep_embedding_matches_diffusers():
+    emb_mod = pytest.importorskip("diffusers.models.embeddings", reason="diffusers extra not installed")
+    t = torch.tensor([0, 5, 999])
+    for flip, shift in ((False, 1), (True, 0)):
+        ref = emb_mod.get_timestep_embedding(t, 128, flip_sin_to_cos=flip, downscale_freq_shift=shift)
+        torch.testing.assert_close(timestep_embedding(t, 128, flip_sin_to_cos=flip, freq_shift=shift), ref)
+
+
+@pytest.mark.parametrize("scale_shift", [False, True])
+def test_resblock_matches_written_formula(scale_shift):
+    blk = _randomize(ResBlock(8, 16, 12, norm_groups=4, scale_shift_norm=scale_shift)).eval()
+    x, temb = torch.randn(2, 8, 6, 6), torch.randn(2, 12)
+    h = blk.conv1(F.silu(blk.norm1(x)))
+    e = blk.temb_proj(temb)[:, :, None, None]
+    if scale_shift:
+        s, b = e.chunk(2, dim=1)
+        h = F.group_norm(h, 4, blk.norm2.weight, blk.norm2.bias, 1e-6) * (1 + s) + b
+    else:
+        h = F.group_norm(h + e, 4, blk.norm2.weight, blk.norm2.bias, 1e-6)
+    expected = blk.skip(x) + blk.conv2(F.silu(h))
+    torch.testing.assert_close(blk(x, temb), expected)
+    assert blk.skip.kernel_size == (1, 1)
+    assert ResBlock(8, 16, 12, norm_groups=4, skip_conv3x3=True).skip.kernel_size == (3, 3)
+    assert isinstance(ResBlock(8, 8, 12, norm_groups=4).skip, torch.nn.Identity)
+
+
+def test_resblock_starts_as_identity_on_unchanged_channels():
+    blk = ResBlock(8, 8, 4, norm_groups=4)  # conv2 is zero-initialised (DDPM init_scale=0)
+    x = torch.randn(2, 8, 4, 4)
+    torch.testing.assert_close(blk(x, torch.randn(2, 4)), x)
+
+
+@pytest.mark.parametrize("heads", [1, 2, 4])
+def test_attention_matches_naive_softmax(heads):
+    blk = _randomize(AttentionBlock(16, num_heads=heads, norm_groups=4)).eval()
+    x = torch.randn(2, 16, 3, 5)
+    b, c, hh, ww = x.shape
+    d = c // heads
+    h = blk.norm(x).reshape(b, c, hh * ww).transpose(1, 2)  # (B, N, C)
+    q, k, v = blk.qkv(h).chunk(3, dim=-1)
+    outs = []
+    for i in range(heads):
+        sl = slice(i * d, (i + 1) * d)
+        w = torch.softmax(q[..., sl] @ k[..., sl].transpose(1, 2) / math.sqrt(d), dim=-1)
+        outs.append(w @ v[..., sl])
+    expected = x + blk.proj(torch.cat(outs, dim=-1)).transpose(1, 2).reshape(b, c, hh, ww)
+    torch.testing.assert_close(blk(x), expected, atol=1e-5, rtol=1e-5)
+    cl = blk(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(cl, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_heads_must_divide_channels():
+    with pytest.raises(ValueError, match="num_heads"):
+        AttentionBlock(12, num_heads=5, norm_groups=4)
+
+
+def test_downsample_modes():
+    x = torch.randn(2, 4, 8, 8)
+    asym = Downsample(4, "conv_asym")
+    torch.testing.assert_close(asym(x), F.conv2d(F.pad(x, (0, 1, 0, 1)), asym.conv.weight, asym.conv.bias, 2))
+    sym = Downsample(4, "conv")
+    torch.testing.assert_close(sym(x), F.conv2d(x, sym.conv.weight, sym.conv.bias, 2, padding=1))
+    pool = Downsample(4, "avgpool")
+    torch.testing.assert_close(pool(x), F.avg_pool2d(x, 2))
+    assert not list(pool.parameters())
+    for mod in (asym, sym, pool):
+        assert mod(x).shape == (2, 4, 4, 4)
+    with pytest.raises(ValueError, match="conv_asym, conv, avgpool"):
+        Downsample(4, "strided")
+
+
+def test_upsample_is_nearest_then_conv():
+    up = Upsample(4)
+    x = torch.randn(1, 4, 3, 3)
+    expected = up.conv(x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3))
+    torch.testing.assert_close(up(x), expected)
