@@ -152,14 +152,20 @@ class GaussianMixture:
             shape, dtype = x_t.shape, x_t.dtype
             x = x_t.reshape(shape[0], -1).detach().cpu().double()
             t = torch.as_tensor(t).reshape(-1).expand(shape[0]).cpu()
-            x0 = torch.empty_like(x)
-            a_all = torch.empty(shape[0], 1, dtype=torch.float64)
-            for tv in torch.unique(t).tolist():
-                idx = (t == tv).nonzero().squeeze(1)
-                lab = None if y is None else torch.as_tensor(y).reshape(-1).expand(shape[0]).cpu()[idx]
-                x0[idx] = mix.posterior_mean(x[idx], float(abar[tv]), lab)
-                a_all[idx] = float(abar[tv])
-            a, s = a_all.sqrt(), (1.0 - a_all).sqrt()
+            labels = None if y is None else torch.as_tensor(y).reshape(-1).expand(shape[0]).cpu()
+            times = torch.unique(t).tolist()
+            if len(times) == 1:  # the usual case: one time for the whole batch
+                ab = float(abar[times[0]])
+                x0 = mix.posterior_mean(x, ab, labels)
+                a, s = math.sqrt(ab), math.sqrt(1.0 - ab)
+            else:
+                x0 = torch.empty_like(x)
+                a_all = torch.empty(shape[0], 1, dtype=torch.float64)
+                for tv in times:
+                    idx = (t == tv).nonzero().squeeze(1)
+                    x0[idx] = mix.posterior_mean(x[idx], float(abar[tv]), None if labels is None else labels[idx])
+                    a_all[idx] = float(abar[tv])
+                a, s = a_all.sqrt(), (1.0 - a_all).sqrt()
             eps = (x - a * x0) / s
             out = {"eps": eps, "x0": x0, "v": a * eps - s * x0}[pred]
             out = out.reshape(shape).to(device=x_t.device, dtype=dtype)
