@@ -1,0 +1,316 @@
+"""``ddpmkit`` command line: parses options and calls the library; nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import TrainingDiverged, UserError
+
+EPILOG = "Run `ddpmkit COMMAND --help` for the options of each command."
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
+    return v
+
+
+# --- commands -------------------------------------------------------------------------------
+
+def cmd_train(args) -> int:
+    from .config import load_config
+    from .training.trainer import train
+
+    cfg = load_config(args.config, args.set)
+    result = train(cfg, resume=args.resume, progress=not args.no_progress, max_steps=args.max_steps)
+    if result.stopped_early:
+        print(f"stopped at step {result.step}; resume with: ddpmkit train --config {args.config} --resume"
+              + "".join(f" --set {s}" for s in args.set))
+    else:
+        print(f"finished {result.step} steps in {result.run_dir}")
+    return 0
+
+
+def _write_samples(x, data_kind: str, out: Path, reference=None) -> None:
+    from . import viz
+
+    if data_kind == "image":
+        viz.save_grid(x, out)
+    else:
+        viz.plot_points(x.numpy(), out, reference=reference)
+
+
+def cmd_sample(args) -> int:
+    import numpy as np
+
+    from . import viz
+    from .runs import generate, load_run
+
+    run = load_run(args.checkpoint, device=args.device, use_ema=not args.no_ema)
+    shape = _item_shape(run)
+    recorder = None
+    if args.trajectory:
+        recorder = viz.TrajectoryRecorder(args.trajectory)
+    steps = args.steps if args.steps is not None else (None if args.sampler == "ddpm" else 50)
+    x = generate(run.model, run.process, args.n, shape, sampler=args.sampler, steps=steps, eta=args.eta,
+                 seed=args.seed, y=args.class_label, guidance=args.guidance, clip_x0=not args.no_clip,
+                 batch_size=args.batch_size, callback=recorder, progress=not args.no_progress, device=args.device)
+    out = Path(args.out)
+    _write_samples(x, "image" if len(shape) == 3 else "points", out)
+    print(f"wrote {out} ({args.n} samples, sampler {args.sampler}, steps {steps or run.process.num_timesteps})")
+    if args.npy:
+        np.save(args.npy, x.numpy())
+        print(f"wrote {args.npy} (float32 in [-1, 1], shape {tuple(x.shape)})")
+    if recorder is not None:
+        traj_out = Path(args.trajectory_out or out.with_name(out.stem + "_trajectory.png"))
+        snaps = [(t, xt[: args.trajectory_n], x0[: args.trajectory_n]) for t, xt, x0 in recorder.snapshots]
+        if len(shape) != 3:
+            raise UserError("--trajectory draws images; this model generates points")
+        viz.save_trajectory(snaps, traj_out)
+        print(f"wrote {traj_out} (x_t and predicted x0 at t = {', '.join(str(s[0]) for s in snaps)})")
+    return 0
+
+
+def _item_shape(run) -> tuple[int, ...]:
+    net = run.checkpoint.network
+    if net.get("kind") == "mlp":
+        return (int(net["dim"]),)
+    return (int(net["in_channels"]), int(net["image_size"]), int(net["image_size"]))
+
+
+def cmd_forward(args) -> int:
+    import numpy as np
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    from . import viz
+    from .data import to_model_range
+    from .diffusion import GaussianDiffusion
+
+    if args.checkpoint:
+        from .runs import load_run
+
+        process = load_run(args.checkpoint).process
+    else:
+        try:
+            process = GaussianDiffusion.from_schedule(args.schedule, args.timesteps)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    if args.image:
+        try:
+            img = Image.open(args.image)
+            img.load()
+        except (OSError, UnidentifiedImageError) as e:
+            raise UserError(f"cannot read image {args.image}: {e}") from None
+        mode = "L" if img.mode in ("L", "LA", "I", "I;16", "1") else "RGB"
+        arr = np.asarray(img.convert(mode))
+        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        x0 = to_model_range(torch.from_numpy(arr.copy()))
+    else:
+        from .config import config_from_dict
+        from .runs import load_run
+        from .training.trainer import load_training_data
+
+        if not args.checkpoint:
+            raise UserError("give --image FILE, or --checkpoint RUN to use the run's first training image")
+        data = load_training_data(config_from_dict(load_run(args.checkpoint).checkpoint.config))
+        if data.kind != "image":
+            raise UserError("this run's data are points, not images; pass --image FILE")
+        x0 = data.batch(torch.tensor([args.index]))[0][0]
+    steps = args.steps or None
+    T = process.num_timesteps
+    if steps is not None and any(s < 0 or s >= T for s in steps):
+        raise UserError(f"--steps must lie in 0..{T - 1}")
+    out = Path(args.out)
+    viz.save_forward_strip(process, x0, out, steps=steps, generator=torch.Generator().manual_seed(args.seed))
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .runs import load_run
+    from .training.checkpoint import find_checkpoint
+
+    run = load_run(args.run)
+    ckpt = run.checkpoint
+    n_params = sum(p.numel() for p in run.model.parameters())
+    info = {"checkpoint": str(ckpt.path), "step": ckpt.step, "parameters": n_params, "ema": ckpt.ema is not None,
+            "config": ckpt.config, "network": ckpt.network}
+    metrics = Path(find_checkpoint(args.run)).parents[1] / "metrics.jsonl"
+    if metrics.is_file():
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        info["last_losses"] = [{"step": r["step"], "loss": r["loss"]} for r in rows[-5:]]
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    c = ckpt.config
+    print(f"checkpoint   {ckpt.path}")
+    print(f"step         {ckpt.step}")
+    print(f"parameters   {n_params:,} ({ckpt.network.get('kind')}, preset {c['model']['preset']})")
+    print(f"data         {c['data']['name']}" + (" (class-conditional)" if c["data"]["class_conditional"] else ""))
+    d = c["diffusion"]
+    print(f"diffusion    {d['schedule']} T={d['timesteps']} prediction={d['prediction']} "
+          f"variance={d['variance']} loss={d['loss']}")
+    print(f"EMA weights  {'yes' if ckpt.ema is not None else 'no'}")
+    for r in info.get("last_losses", []):
+        print(f"  step {r['step']:>8}  loss {r['loss']:.5f}")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from . import viz
+
+    out = Path(args.out)
+    if args.what == "loss":
+        if not args.run:
+            raise UserError("plot loss needs the run directory")
+        metrics = Path(args.run) / "metrics.jsonl"
+        if not metrics.is_file():
+            raise UserError(f"no metrics.jsonl in {args.run}")
+        viz.plot_loss_curve(metrics, out)
+    elif args.what == "schedules":
+        viz.plot_schedules(out, T=args.timesteps)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.out), config=args.config, steps=args.steps, progress=not args.no_progress)
+    return 0
+
+
+# --- parser ---------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    from .samplers import SAMPLERS
+
+    p = argparse.ArgumentParser(
+        prog="ddpmkit", epilog=EPILOG,
+        description="Train and sample denoising diffusion probabilistic models (DDPM, Improved DDPM, DDIM, "
+                    "DPM-Solver++).")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    t = sub.add_parser("train", help="train a model from a TOML config",
+                       description="Train a model. Runs single-process, or data-parallel under "
+                                   "`torchrun --nproc_per_node N -m ddpmkit train ...` (gloo on CPU, NCCL on CUDA).")
+    t.add_argument("--config", required=True, help="TOML config, e.g. configs/digits.toml")
+    t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value (TOML literal), e.g. --set train.lr=1e-4; repeatable")
+    t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in run.out_dir")
+    t.add_argument("--max-steps", type=_positive_int, default=None,
+                   help="train at most this many more steps in this invocation (the run's end stays train.steps)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("sample", help="generate samples from a checkpoint",
+                       description="Generate samples with any sampler and write an image grid (10x10 for 100 "
+                                   "images) or, for 2-D models, a scatter plot.")
+    s.add_argument("--checkpoint", required=True, help="run directory, checkpoint directory or pretrained:NAME")
+    s.add_argument("--sampler", choices=list(SAMPLERS), default="ddim",
+                   help="ddpm (ancestral, respaced when --steps < T), ddim, dpm++ (DPM-Solver++ 2M) or heun")
+    s.add_argument("--steps", type=_positive_int, default=None,
+                   help="time steps to visit (default: all T for ddpm, 50 otherwise)")
+    s.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like noise")
+    s.add_argument("-n", type=_positive_int, default=100, help="number of samples (default 100)")
+    s.add_argument("--seed", type=int, default=0, help="random seed; same seed, same samples")
+    s.add_argument("--class", dest="class_label", type=int, default=None, help="class label (conditional models)")
+    s.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale w (eps = eps_null + w (eps_y - eps_null)); 1 = plain "
+                        "conditional")
+    s.add_argument("--out", required=True, help="output PNG")
+    s.add_argument("--npy", default=None, help="also save the samples as a .npy array in [-1, 1]")
+    s.add_argument("--trajectory", type=_int_list, default=None, metavar="T1,T2,...",
+                   help="also draw x_t and the predicted x0 at these time indices, e.g. 999,750,500,250,0")
+    s.add_argument("--trajectory-out", default=None, help="trajectory PNG (default: OUT_trajectory.png)")
+    s.add_argument("--trajectory-n", type=_positive_int, default=8, help="samples shown in the trajectory")
+    s.add_argument("--batch-size", type=_positive_int, default=256, help="samples per network batch")
+    s.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
+    s.add_argument("--no-clip", action="store_true", help="do not clip the predicted x0 to [-1, 1]")
+    s.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_sample)
+
+    f = sub.add_parser("forward", help="draw the forward diffusion of an image",
+                       description="Draw x_t = q_sample(x0, t) for an image at several t (a forward-diffusion strip).")
+    f.add_argument("--image", default=None, help="PNG/JPEG to diffuse")
+    f.add_argument("--checkpoint", default=None,
+                   help="take the process (and, without --image, the first training image) from this run")
+    f.add_argument("--index", type=int, default=0, help="training image index when no --image is given")
+    f.add_argument("--steps", type=_int_list, default=None, metavar="T1,T2,...",
+                   help="time indices to show (default: 0 and evenly spaced up to T-1)")
+    f.add_argument("--schedule", default="linear", help="beta schedule without --checkpoint (default linear)")
+    f.add_argument("--timesteps", type=_positive_int, default=1000, help="T without --checkpoint (default 1000)")
+    f.add_argument("--seed", type=int, default=0, help="noise seed")
+    f.add_argument("--out", required=True, help="output PNG")
+    f.set_defaults(func=cmd_forward)
+
+    i = sub.add_parser("info", help="describe a run or checkpoint",
+                       description="Config, step, parameter count, data and last losses of a run.")
+    i.add_argument("run", help="run directory, checkpoint directory or pretrained:NAME")
+    i.add_argument("--json", action="store_true", help="print JSON")
+    i.set_defaults(func=cmd_info)
+
+    pl = sub.add_parser("plot", help="plots: loss curve of a run, schedules",
+                        description="`plot loss RUN --out loss.png` draws metrics.jsonl; `plot schedules --out "
+                                    "s.png` draws alpha_bar and log-SNR of linear vs cosine.")
+    pl.add_argument("what", choices=["loss", "schedules"])
+    pl.add_argument("run", nargs="?", default=None, help="run directory (for loss)")
+    pl.add_argument("--out", required=True, help="output PNG")
+    pl.add_argument("--timesteps", type=_positive_int, default=1000, help="T for schedule plots")
+    pl.set_defaults(func=cmd_plot)
+
+    d = sub.add_parser("demo", help="train the digits demo and write pictures",
+                       description="Train configs/digits.toml (about 5 minutes on 2 CPU cores), then write "
+                                   "samples.png, trajectory.png, forward.png and loss.png.")
+    d.add_argument("--out", default="demo", help="output directory (default demo/)")
+    d.add_argument("--config", default=None, help="config (default: the built-in digits config)")
+    d.add_argument("--steps", type=_positive_int, default=None, help="override train.steps")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d.set_defaults(func=cmd_demo)
+
+    try:
+        from .evaluation.cli import add_eval_parser
+    except ImportError:
+        pass
+    else:
+        add_eval_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except UserError as e:
+        print(f"ddpmkit: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as e:
+        print(f"ddpmkit: error: {e}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as e:
+        print(f"ddpmkit: training stopped: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("ddpmkit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""``make demo``: train the digits config, then draw samples, a trajectory, a forward strip, the loss."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .config import load_config
+from .errors import UserError
+from .training.checkpoint import find_checkpoint
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "digits.toml"
+
+
+def run_demo(out: Path, *, config: str | None = None, steps: int | None = None, progress: bool = True) -> dict:
+    from . import viz
+    from .runs import generate, load_run
+    from .training.trainer import Trainer, load_training_data
+
+    config_path = Path(config) if config else DEFAULT_CONFIG
+    if not config_path.is_file():
+        raise UserError(f"demo config not found: {config_path}; pass --config configs/digits.toml")
+    overrides = [f'run.out_dir="{out / "run"}"'] + ([f"train.steps={steps}"] if steps else [])
+    cfg = load_config(config_path, overrides)
+    run_dir = Path(cfg.run.out_dir)
+    try:
+        done = load_run(find_checkpoint(run_dir)).checkpoint.step
+    except UserError:
+        done = None
+    if done is None or done < cfg.train.steps:
+        print(f"training {config_path.name} for {cfg.train.steps} steps into {run_dir}"
+              + (f" (resuming at step {done})" if done is not None else ""))
+        trainer = Trainer(cfg, resume=done is not None, progress=progress)
+        trainer.train()
+    else:
+        print(f"{run_dir} is already trained ({done} steps); drawing the pictures again")
+
+    run = load_run(run_dir)
+    item = (run.checkpoint.network["in_channels"], run.checkpoint.network["image_size"],
+            run.checkpoint.network["image_size"])
+    T = run.process.num_timesteps
+    paths = {}
+    x = generate(run.model, run.process, 100, item, sampler="ddpm", steps=None, seed=0, progress=progress)
+    paths["samples"] = out / "samples.png"
+    viz.save_grid(x, paths["samples"], nrow=10)
+
+    marks = sorted({T - 1, 3 * T // 4, T // 2, T // 4, 0}, reverse=True)
+    recorder = viz.TrajectoryRecorder(marks)
+    generate(run.model, run.process, 8, item, sampler="ddpm", steps=None, seed=1, callback=recorder)
+    paths["trajectory"] = out / "trajectory.png"
+    viz.save_trajectory(recorder.snapshots, paths["trajectory"])
+
+    data = load_training_data(cfg)
+    x0 = data.batch(torch.tensor([0]))[0][0]
+    paths["forward"] = out / "forward.png"
+    viz.save_forward_strip(run.process, x0, paths["forward"], generator=torch.Generator().manual_seed(0))
+
+    paths["loss"] = out / "loss.png"
+    viz.plot_loss_curve(run_dir / "metrics.jsonl", paths["loss"])
+    print("demo pictures:")
+    for name, p in paths.items():
+        print(f"  {name:<10} {p}")
+    return paths

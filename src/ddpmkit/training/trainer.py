@@ -1,0 +1,387 @@
+"""The training loop: a thin composition of the pieces built elsewhere.
+
+Every random choice of step s (batch indices, flips, label dropout, t, noise, dropout masks) comes
+from generators seeded by (seed, s), and the whole *global* batch is drawn on every process before
+each process takes its slice.  Hence:
+
+* resuming from a checkpoint at step k continues bit for bit as if training had not stopped;
+* N processes under torchrun compute the same global batch as one process (DDP averages the
+  gradients), so the weights agree up to float summation order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from ..config import Config, dump_toml
+from ..diffusion.losses import training_losses
+from ..diffusion.timesteps import make_timestep_sampler
+from ..errors import TrainingDiverged, UserError
+from ..runs import build_model, build_process, resolve_network_config
+from . import distributed as D
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .ema import EMA
+
+QUARTERS = 4
+
+
+def pick_device(name: str, info: D.DistInfo | None = None) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"run.device = {name!r} but CUDA is not available; use 'cpu' or 'auto'")
+        if name == "cuda" and info is not None and info.enabled:
+            name = f"cuda:{info.local_rank}"
+    elif name != "cpu":
+        raise UserError(f"unknown run.device {name!r}; valid: auto, cpu, cuda, cuda:N")
+    return torch.device(name)
+
+
+def step_seed(seed: int, step: int, stream: int = 0) -> int:
+    """A distinct 63-bit seed per (seed, step, stream)."""
+    return (seed * 1_000_003 + step * 9_176 + stream * 7_919 + 12_345) % (2**63 - 1)
+
+
+def load_training_data(cfg: Config):
+    from ..data import load_dataset
+
+    d = cfg.data
+    try:
+        return load_dataset(d.name, data_dir=d.data_dir or None, split="train", image_size=d.image_size or None,
+                            channels=d.channels or None, n=d.n or None, seed=cfg.run.seed)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+@dataclass
+class TrainResult:
+    step: int
+    stopped_early: bool
+    run_dir: Path
+    last_loss: float
+
+
+class Trainer:
+    def __init__(self, cfg: Config, *, resume: bool = False, progress: bool = True,
+                 log: Callable[[str], None] = print):
+        self.cfg = cfg
+        self.log_fn = log
+        self.progress = progress
+        self.run_dir = Path(cfg.run.out_dir)
+        self.dist = D.init_distributed("cuda" if pick_device(cfg.run.device).type == "cuda" else "cpu")
+        self.device = pick_device(cfg.run.device, self.dist)
+        if cfg.run.threads > 0:
+            torch.set_num_threads(cfg.run.threads)
+        t = cfg.train
+        self._check_train_section()
+        self.data = load_training_data(cfg)
+        if cfg.data.class_conditional and not self.data.num_classes:
+            raise UserError(f"data.class_conditional = true but {cfg.data.name!r} has no labels")
+        self.process = build_process(cfg.diffusion, self.device)
+        self.network_config = resolve_network_config(cfg, tuple(self.data.shape), self.data.num_classes)
+        self.model = build_model(self.network_config, seed=cfg.run.seed).to(self.device)
+        self.ema = EMA(self.model, t.ema_decay, t.ema_warmup)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=tuple(t.adam_betas),
+                                           weight_decay=t.weight_decay)
+        ts = cfg.diffusion.timestep_sampler
+        if ts == "auto":
+            ts = "loss-second-moment" if cfg.diffusion.loss == "vlb" else "uniform"
+        try:
+            self.t_sampler = make_timestep_sampler(ts, self.process.num_timesteps)
+        except ValueError as e:
+            raise UserError(f"[diffusion] {e}") from None
+        self.step = 0
+        self.window = self._empty_window()
+        if resume:
+            self._resume()
+        elif (self.run_dir / "checkpoints").is_dir() and any((self.run_dir / "checkpoints").glob("step_*")):
+            raise UserError(f"{self.run_dir} already holds checkpoints; pass --resume to continue that run "
+                            "or set run.out_dir to a new directory (nothing was overwritten)")
+        self.ddp = None
+        if self.dist.enabled:
+            self.ddp = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.writer = None
+        self._stop_requested = False
+
+    # --- set-up helpers --------------------------------------------------------------------
+    def _check_train_section(self) -> None:
+        t, world = self.cfg.train, self.dist.world_size
+        if t.steps < 0 or t.batch_size < 1 or t.grad_accum < 1:
+            raise UserError("train.steps must be >= 0, train.batch_size and train.grad_accum >= 1")
+        if t.batch_size % (world * t.grad_accum):
+            raise UserError(f"train.batch_size = {t.batch_size} must be divisible by processes x grad_accum "
+                            f"= {world} x {t.grad_accum}")
+        if t.precision not in ("fp32", "bf16", "fp16"):
+            raise UserError(f"unknown train.precision {t.precision!r}; valid: fp32, bf16, fp16")
+        if t.lr <= 0 or t.warmup < 0 or t.grad_clip < 0:
+            raise UserError("train.lr must be > 0, train.warmup and train.grad_clip >= 0")
+
+    def _empty_window(self) -> dict:
+        return {"loss_sum": 0.0, "count": 0, "q_sum": [0.0] * QUARTERS, "q_count": [0] * QUARTERS,
+                "grad_norm_sum": 0.0, "steps": 0}
+
+    def _resume(self) -> None:
+        try:
+            ckpt = load_checkpoint(self.run_dir, map_location=self.device)
+        except UserError as e:
+            raise UserError(f"--resume: {e}") from None
+        if ckpt.network != self.network_config:
+            diff = sorted(k for k in set(ckpt.network) | set(self.network_config)
+                          if ckpt.network.get(k) != self.network_config.get(k))
+            raise UserError(f"checkpoint {ckpt.path} is from another architecture (differs in: "
+                            f"{', '.join(diff)}); nothing was overwritten")
+        try:
+            self.model.load_state_dict(ckpt.model)
+            if ckpt.ema is not None:
+                self.ema.load_state_dict(ckpt.ema, ckpt.extra.get("ema_updates", ckpt.step))
+            if ckpt.optimizer is not None:
+                self.optimizer.load_state_dict(ckpt.optimizer)
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise UserError(f"checkpoint {ckpt.path} does not fit this model: {e}") from None
+        if "loss_history" in ckpt.extra_tensors:
+            self.t_sampler.load_state_dict({k: ckpt.extra_tensors[k].numpy()
+                                            for k in ("loss_history", "loss_counts")})
+        self.step = ckpt.step
+        self.window = ckpt.extra.get("window", self._empty_window())
+        if self.dist.is_main:
+            self._truncate_metrics(self.step)
+            self.log_fn(f"resumed from {ckpt.path} at step {self.step}")
+
+    def _truncate_metrics(self, step: int) -> None:
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in keep))
+
+    # --- one step --------------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        t = self.cfg.train
+        return t.lr * min(1.0, (step + 1) / t.warmup) if t.warmup > 0 else t.lr
+
+    def _global_batch(self, step: int):
+        """Indices, t, weights, noise, flips and label drops for the whole global batch of ``step``."""
+        cfg, B, N = self.cfg, self.cfg.train.batch_size, len(self.data)
+        if N < B:
+            per_epoch, pos = 1, 0
+        else:
+            per_epoch = N // B
+            pos = (step % per_epoch) * B
+        epoch = step // per_epoch
+        perm = torch.randperm(N, generator=torch.Generator().manual_seed(step_seed(cfg.run.seed, epoch, 1)))
+        idx = perm[pos:pos + B] if N >= B else perm[torch.arange(B) % N]
+        g = torch.Generator().manual_seed(step_seed(cfg.run.seed, step, 2))
+        t, w = self.t_sampler.sample(B, generator=g)
+        noise = torch.randn((B, *self.data.shape), generator=g)
+        flip = torch.rand(B, generator=g) < 0.5
+        drop = torch.rand(B, generator=g) < cfg.train.cond_drop_prob
+        return idx, t, w, noise, flip, drop
+
+    def _local(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0] // self.dist.world_size
+        return x[self.dist.rank * n:(self.dist.rank + 1) * n]
+
+    def _autocast(self):
+        p = self.cfg.train.precision
+        if self.device.type != "cuda" or p == "fp32":
+            return nullcontext()
+        return torch.autocast("cuda", dtype=torch.bfloat16 if p == "bf16" else torch.float16)
+
+    def train_step(self) -> dict:
+        cfg, step = self.cfg, self.step
+        idx, t, w, noise, flip, drop = (self._local(v) for v in self._global_batch(step))
+        x0, y = self.data.batch(idx)
+        if cfg.data.flip and x0.ndim == 4:
+            x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
+        if cfg.data.class_conditional:
+            y = torch.where(drop, torch.full_like(y, self.data.num_classes), y)
+        else:
+            y = None
+        x0, t, w, noise = (v.to(self.device) for v in (x0, t, w, noise))
+        y = y.to(self.device) if y is not None else None
+        torch.manual_seed(step_seed(cfg.run.seed, step, 3 + self.dist.rank))  # dropout masks
+        model_fn = self.ddp or self.model
+        local = x0.shape[0]
+        micro = local // cfg.train.grad_accum
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(step)
+        losses = torch.empty(local, device=self.device)
+        for k in range(cfg.train.grad_accum):
+            sl = slice(k * micro, (k + 1) * micro)
+            sync = self.ddp is None or k == cfg.train.grad_accum - 1
+            with (nullcontext() if sync else self.ddp.no_sync()), self._autocast():
+                terms = training_losses(self.process, model_fn, x0[sl], t[sl], loss_type=cfg.diffusion.loss,
+                                        noise=noise[sl], model_kwargs={"y": y[sl]} if y is not None else None)
+                loss = (terms["loss"].float() * w[sl]).sum() / local
+            losses[sl] = terms["loss"].detach().float()
+            loss.backward()
+        all_t = D.all_gather_cat(t, self.dist)
+        all_losses = D.all_gather_cat(losses, self.dist)
+        total = all_losses.mean().item()
+        if not math.isfinite(total):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingDiverged(f"loss became {total} at step {step}; stopped without saving. The last good "
+                                   f"checkpoint in {self.run_dir / 'checkpoints'} is kept (lower train.lr or "
+                                   "enable train.grad_clip)")
+        clip = cfg.train.grad_clip if cfg.train.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip).item()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.update(self.model)
+        self.t_sampler.update(all_t, all_losses)
+        self.step += 1
+        return {"loss": total, "t": all_t.cpu(), "losses": all_losses.cpu(), "grad_norm": grad_norm}
+
+    # --- logging, checkpoints, samples -----------------------------------------------------
+    def _accumulate(self, out: dict) -> None:
+        w = self.window
+        w["loss_sum"] += float(out["losses"].double().sum())
+        w["count"] += out["losses"].numel()
+        q = (out["t"] * QUARTERS // self.process.num_timesteps).tolist()
+        for qi, li in zip(q, out["losses"].tolist(), strict=True):
+            w["q_sum"][qi] += li
+            w["q_count"][qi] += 1
+        w["grad_norm_sum"] += out["grad_norm"]
+        w["steps"] += 1
+
+    def _write_metrics(self, img_per_s: float) -> dict:
+        w = self.window
+        row = {"step": self.step, "loss": w["loss_sum"] / max(w["count"], 1),
+               "lr": self.lr_at(self.step - 1), "grad_norm": w["grad_norm_sum"] / max(w["steps"], 1),
+               "img_per_s": img_per_s}
+        for qi in range(QUARTERS):
+            if w["q_count"][qi]:
+                row[f"loss_q{qi}"] = w["q_sum"][qi] / w["q_count"][qi]
+        if self.dist.is_main:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+            if self.writer is not None:
+                for k, v in row.items():
+                    if k != "step":
+                        self.writer.add_scalar(f"train/{k}", v, self.step)
+        self.window = self._empty_window()
+        return row
+
+    def checkpoint(self) -> Path | None:
+        if not self.dist.is_main:
+            return None
+        extra_tensors = {}
+        sampler_state = self.t_sampler.state_dict()
+        for k, v in sampler_state.items():
+            extra_tensors[k] = torch.as_tensor(v)
+        ckpt = Checkpoint(step=self.step, config=self.cfg.to_dict(), network=self.network_config,
+                          model=self.model.state_dict(), ema=self.ema.state_dict(),
+                          optimizer=self.optimizer.state_dict(),
+                          extra={"ema_updates": self.ema.num_updates, "window": self.window,
+                                 "world_size": self.dist.world_size},
+                          extra_tensors=extra_tensors)
+        return save_checkpoint(self.run_dir, ckpt, keep=self.cfg.train.keep_checkpoints)
+
+    def sample_picture(self, path: Path | None = None) -> Path | None:
+        """A grid (images) or scatter plot (points) from the EMA weights with a fast sampler."""
+        if not self.dist.is_main:
+            return None
+        from ..runs import generate
+
+        t = self.cfg.train
+        steps = min(t.sample_steps, self.process.num_timesteps)
+        x = generate(self.ema.module, self.process, t.sample_n, tuple(self.data.shape), sampler=t.sample_sampler,
+                     steps=steps, seed=self.cfg.run.seed, device=self.device, batch_size=t.sample_n,
+                     y=(torch.arange(t.sample_n) % self.data.num_classes) if self.cfg.data.class_conditional
+                     else None)
+        path = path or self.run_dir / "samples" / f"step_{self.step:08d}.png"
+        from .. import viz
+
+        if self.data.kind == "image":
+            viz.save_grid(x, path)
+        else:
+            viz.plot_points(x.numpy(), path, reference=self.data.x[:2000].numpy())
+        return path
+
+    # --- the loop ----------------------------------------------------------------------------
+    def _on_signal(self, signum, frame):
+        self._stop_requested = True
+        if self.dist.is_main:
+            self.log_fn(f"received {signal.Signals(signum).name}: finishing this step, saving, then exiting")
+
+    def _open_writer(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except Exception:  # tensorboard is an optional extra
+            return None
+        return SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    def train(self, max_steps: int | None = None) -> TrainResult:
+        """Train until ``train.steps`` (or ``max_steps`` more steps); returns where it stopped."""
+        cfg = self.cfg
+        end = cfg.train.steps if max_steps is None else min(cfg.train.steps, self.step + max_steps)
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.toml").write_text(dump_toml(cfg))
+            self.writer = self._open_writer()
+        handlers = {}
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                handlers[sig] = signal.signal(sig, self._on_signal)
+        except ValueError:  # not the main thread
+            handlers = {}
+        bar = None
+        if self.progress and self.dist.is_main:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=end, initial=self.step, desc="train", dynamic_ncols=True)
+        last_loss, stopped = float("nan"), False
+        tick, imgs = time.perf_counter(), 0
+        try:
+            while self.step < end:
+                out = self.train_step()
+                last_loss = out["loss"]
+                self._accumulate(out)
+                imgs += cfg.train.batch_size
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{last_loss:.4f}")
+                if self.step % cfg.train.log_every == 0 or self.step == end:
+                    now = time.perf_counter()
+                    self._write_metrics(imgs / max(now - tick, 1e-9))
+                    tick, imgs = now, 0
+                if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0 and self.step < end:
+                    self.checkpoint()
+                if cfg.train.sample_every and self.step % cfg.train.sample_every == 0 and self.step < end:
+                    self.sample_picture()
+                if D.broadcast_flag(self._stop_requested, self.dist, self.device):
+                    stopped = True
+                    break
+            path = self.checkpoint()
+            if self.dist.is_main and path is not None:
+                self.log_fn(f"saved checkpoint {path} (step {self.step})")
+            if not stopped and self.dist.is_main and self.step > 0:
+                pic = self.sample_picture(self.run_dir / "samples.png")
+                self.log_fn(f"wrote {pic}")
+        finally:
+            if bar is not None:
+                bar.close()
+            for sig, h in handlers.items():
+                signal.signal(sig, h)
+            if self.writer is not None:
+                self.writer.close()
+        return TrainResult(step=self.step, stopped_early=stopped, run_dir=self.run_dir, last_loss=last_loss)
+
+
+def train(cfg: Config, *, resume: bool = False, progress: bool = True, max_steps: int | None = None) -> TrainResult:
+    trainer = Trainer(cfg, resume=resume, progress=progress)
+    try:
+        return trainer.train(max_steps=max_steps)
+    finally:
+        D.shutdown()
