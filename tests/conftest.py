@@ -15,3 +15,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A digits run trained for 4 steps with a tiny U-Net: a real checkpoint for CLI/eval tests."""
+    from ddpmkit.config import load_config
+    from ddpmkit.testing.tiny import tiny_overrides
+    from ddpmkit.training.trainer import train
+
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    train(load_config("configs/digits.toml" if os.path.exists("configs/digits.toml") else None,
+                      tiny_overrides(out)), progress=False)
+    return out

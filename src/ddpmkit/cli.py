@@ -67,7 +67,8 @@ def cmd_sample(args) -> int:
         recorder = viz.TrajectoryRecorder(args.trajectory)
     steps = args.steps if args.steps is not None else (None if args.sampler == "ddpm" else 50)
     x = generate(run.model, run.process, args.n, shape, sampler=args.sampler, steps=steps, eta=args.eta,
-                 seed=args.seed, y=args.class_label, guidance=args.guidance, clip_x0=not args.no_clip,
+                 seed=args.seed, y=args.class_label, guidance=args.guidance,
+                 clip_x0=not args.no_clip and len(shape) == 3,
                  batch_size=args.batch_size, callback=recorder, progress=not args.no_progress, device=args.device)
     out = Path(args.out)
     _write_samples(x, "image" if len(shape) == 3 else "points", out)
@@ -241,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--trajectory-n", type=_positive_int, default=8, help="samples shown in the trajectory")
     s.add_argument("--batch-size", type=_positive_int, default=256, help="samples per network batch")
     s.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
-    s.add_argument("--no-clip", action="store_true", help="do not clip the predicted x0 to [-1, 1]")
+    s.add_argument("--no-clip", action="store_true",
+                   help="do not clip the predicted x0 to [-1, 1] (points are never clipped)")
     s.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_sample)

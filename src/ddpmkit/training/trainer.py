@@ -299,6 +299,7 @@ class Trainer:
         steps = min(t.sample_steps, self.process.num_timesteps)
         x = generate(self.ema.module, self.process, t.sample_n, tuple(self.data.shape), sampler=t.sample_sampler,
                      steps=steps, seed=self.cfg.run.seed, device=self.device, batch_size=t.sample_n,
+                     clip_x0=self.data.kind == "image",
                      y=(torch.arange(t.sample_n) % self.data.num_classes) if self.cfg.data.class_conditional
                      else None)
         path = path or self.run_dir / "samples" / f"step_{self.step:08d}.png"
@@ -352,7 +353,7 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{last_loss:.4f}")
-                if self.step % cfg.train.log_every == 0 or self.step == end:
+                if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
                     now = time.perf_counter()
                     self._write_metrics(imgs / max(now - tick, 1e-9))
                     tick, imgs = now, 0

@@ -1,0 +1,145 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddpmkit.config import load_config
+from ddpmkit.errors import TrainingDiverged, UserError
+from ddpmkit.testing.tiny import TINY_UNET, tiny_overrides
+from ddpmkit.testing.tiny import toy_overrides as toy_sets
+from ddpmkit.training.checkpoint import load_checkpoint
+from ddpmkit.training.trainer import Trainer, train
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def metrics(run):
+    rows = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "img_per_s"} for r in rows]
+
+
+def assert_same_state(a, b):
+    ca, cb = load_checkpoint(a), load_checkpoint(b)
+    assert ca.step == cb.step
+    for part in ("model", "ema"):
+        da, db = getattr(ca, part), getattr(cb, part)
+        assert da.keys() == db.keys()
+        for k in da:
+            assert torch.equal(da[k], db[k]), f"{part}.{k} differs"
+    for k, v in ca.optimizer["state"].items():
+        for name, tensor in v.items():
+            assert torch.equal(torch.as_tensor(tensor), torch.as_tensor(cb.optimizer["state"][k][name]))
+
+
+@pytest.mark.parametrize("kind", ["mlp", "unet"])
+def test_resume_is_bit_identical(tmp_path, kind):
+    """2K steps in one go == K steps, stop, resume, K steps: weights, EMA, optimizer and logged losses."""
+    K = 3
+    if kind == "mlp":
+        def sets(out, steps):
+            return toy_sets(out, steps, **{"diffusion.loss": "vlb", "diffusion.variance": "learned_range"})
+    else:  # dropout, flips, label dropout and a learned variance all draw random numbers
+        def sets(out, steps):
+            return tiny_overrides(out, steps, **{"data.flip": "true", "data.class_conditional": "true",
+                                                 "diffusion.variance": "learned_range", "diffusion.loss": "hybrid",
+                                                 "model.options": TINY_UNET[:-1] + ", dropout = 0.2 }"})
+    cfg_full = load_config(ROOT / "configs" / "digits.toml", sets(tmp_path / "full", 2 * K))
+    train(cfg_full, progress=False)
+    cfg_half = load_config(ROOT / "configs" / "digits.toml", sets(tmp_path / "half", 2 * K))
+    first = train(cfg_half, progress=False, max_steps=K)
+    assert first.step == K
+    second = train(cfg_half, resume=True, progress=False)
+    assert second.step == 2 * K
+    assert_same_state(tmp_path / "full", tmp_path / "half")
+    assert metrics(tmp_path / "full") == metrics(tmp_path / "half")
+
+
+def test_existing_run_is_not_overwritten_and_other_architecture_is_refused(tmp_path):
+    run = tmp_path / "run"
+    train(load_config(None, toy_sets(run, 2)), progress=False)
+    before = {p: p.read_bytes() for p in run.rglob("*.safetensors")}
+    with pytest.raises(UserError, match="already holds checkpoints; pass --resume"):
+        Trainer(load_config(None, toy_sets(run, 4)), progress=False)
+    with pytest.raises(UserError, match="another architecture"):
+        Trainer(load_config(None, toy_sets(run, 4) + ["model.options={ hidden = 64, num_layers = 2 }"]),
+                resume=True, progress=False)
+    assert before == {p: p.read_bytes() for p in run.rglob("*.safetensors")}
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    train(load_config(None, toy_sets(run, 2)), progress=False)
+    saved = load_checkpoint(run)
+    trainer = Trainer(load_config(None, toy_sets(run, 6)), resume=True, progress=False)
+    with torch.no_grad():
+        next(trainer.model.parameters()).fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match="loss became nan at step 2"):
+        trainer.train()
+    again = load_checkpoint(run)
+    assert again.step == saved.step == 2
+    for k in saved.model:
+        assert torch.equal(again.model[k], saved.model[k])
+
+
+def test_class_conditional_needs_labels_and_batch_must_split(tmp_path):
+    with pytest.raises(UserError, match="has no labels"):
+        Trainer(load_config(None, toy_sets(tmp_path, 2, **{"data.name": "swiss-roll",
+                                                            "data.class_conditional": "true"})), progress=False)
+    with pytest.raises(UserError, match="divisible by processes x grad_accum"):
+        Trainer(load_config(None, toy_sets(tmp_path, 2, **{"train.grad_accum": 3})), progress=False)
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+    a = train(load_config(None, toy_sets(tmp_path / "a", 2)), progress=False)
+    b = train(load_config(None, toy_sets(tmp_path / "b", 2, **{"train.grad_accum": 4})), progress=False)
+    ca, cb = load_checkpoint(a.run_dir), load_checkpoint(b.run_dir)
+    for k in ca.model:
+        torch.testing.assert_close(ca.model[k], cb.model[k], rtol=1e-5, atol=1e-6)
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def test_ddp_two_processes_match_one_process(tmp_path):
+    """torchrun with 2 gloo processes and the same global batch gives the same weights as 1 process."""
+    sets = toy_sets(tmp_path / "ddp", 3)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "ddpmkit", "train", "--config", str(ROOT / "configs" / "toy2d.toml"), "--no-progress"]
+    for s in sets:
+        cmd += ["--set", s]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    single = train(load_config(ROOT / "configs" / "toy2d.toml", toy_sets(tmp_path / "one", 3)), progress=False)
+    cd, cs = load_checkpoint(tmp_path / "ddp"), load_checkpoint(single.run_dir)
+    assert cd.step == cs.step == 3 and cd.extra["world_size"] == 2
+    for k in cs.model:
+        torch.testing.assert_close(cd.model[k], cs.model[k], rtol=1e-5, atol=1e-6)
+    assert [r["loss"] for r in metrics(tmp_path / "ddp")] == pytest.approx([r["loss"] for r in metrics(single.run_dir)],
+                                                                           rel=1e-5)
+
+
+def test_sigint_finishes_the_step_saves_and_exits_zero(tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "ddpmkit", "train", "--config", str(ROOT / "configs" / "toy2d.toml"), "--no-progress"]
+    for s in toy_sets(run, 100_000):
+        cmd += ["--set", s]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / "metrics.jsonl").is_file() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    assert "received SIGINT" in out and "stopped at step" in out
+    ckpt = load_checkpoint(run)
+    assert 2 <= ckpt.step < 100_000
