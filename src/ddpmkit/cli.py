@@ -65,7 +65,9 @@ def cmd_sample(args) -> int:
     recorder = None
     if args.trajectory:
         recorder = viz.TrajectoryRecorder(args.trajectory)
-    steps = args.steps if args.steps is not None else (None if args.sampler == "ddpm" else 50)
+    steps = args.steps
+    if steps is None and args.sampler != "ddpm":
+        steps = min(50, run.process.num_timesteps)
     x = generate(run.model, run.process, args.n, shape, sampler=args.sampler, steps=steps, eta=args.eta,
                  seed=args.seed, y=args.class_label, guidance=args.guidance,
                  clip_x0=not args.no_clip and len(shape) == 3,
@@ -226,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sampler", choices=list(SAMPLERS), default="ddim",
                    help="ddpm (ancestral, respaced when --steps < T), ddim, dpm++ (DPM-Solver++ 2M) or heun")
     s.add_argument("--steps", type=_positive_int, default=None,
-                   help="time steps to visit (default: all T for ddpm, 50 otherwise)")
+                   help="time steps to visit (default: all T for ddpm, min(50, T) otherwise)")
     s.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like noise")
     s.add_argument("-n", type=_positive_int, default=100, help="number of samples (default 100)")
     s.add_argument("--seed", type=int, default=0, help="random seed; same seed, same samples")

@@ -1,0 +1,128 @@
+"""The command line: every command's --help, real runs on a tiny checkpoint, and bad input -> exit 2."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ddpmkit.cli import main
+from ddpmkit.testing.tiny import tiny_overrides, toy_overrides
+
+COMMANDS = ["train", "sample", "forward", "info", "plot", "demo"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_explains_each_command(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: ddpmkit " + command) and "--" in out
+
+
+def test_module_entry_point_runs():
+    proc = subprocess.run([sys.executable, "-m", "ddpmkit", "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "sample" in proc.stdout
+
+
+def test_sample_writes_grid_npy_and_trajectory(tiny_run, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    code = main(["sample", "--checkpoint", str(tiny_run), "-n", "100", "--sampler", "ddpm", "--out", str(out),
+                 "--npy", str(tmp_path / "x.npy"), "--trajectory", "19,10,0", "--no-progress"])
+    assert code == 0
+    img = Image.open(out)
+    assert img.size[0] == img.size[1]  # a square 10 x 10 grid
+    x = np.load(tmp_path / "x.npy")
+    assert x.shape == (100, 1, 8, 8) and x.min() >= -1 and x.max() <= 1
+    assert (tmp_path / "grid_trajectory.png").is_file()
+    printed = capsys.readouterr().out
+    assert "t = 19, 10, 0" in printed
+
+
+def test_same_seed_same_samples(tiny_run, tmp_path):
+    for name in ("a", "b"):
+        assert main(["sample", "--checkpoint", str(tiny_run), "-n", "6", "--sampler", "ddim", "--steps", "5",
+                     "--eta", "1", "--out", str(tmp_path / f"{name}.png"), "--npy", str(tmp_path / f"{name}.npy"),
+                     "--no-progress"]) == 0
+    assert np.array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
+
+
+def test_info_and_forward_and_plot(tiny_run, tmp_path, capsys):
+    assert main(["info", str(tiny_run)]) == 0
+    out = capsys.readouterr().out
+    assert "step         4" in out and "parameters" in out and "digits" in out
+    assert main(["info", str(tiny_run), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["step"] == 4 and info["network"]["kind"] == "unet"
+    img = tmp_path / "in.png"
+    Image.fromarray((np.arange(256).reshape(16, 16)).astype(np.uint8)).save(img)
+    assert main(["forward", "--image", str(img), "--steps", "0,500,999", "--out", str(tmp_path / "f.png")]) == 0
+    assert main(["forward", "--checkpoint", str(tiny_run), "--out", str(tmp_path / "g.png")]) == 0
+    assert main(["plot", "loss", str(tiny_run), "--out", str(tmp_path / "loss.png")]) == 0
+    assert main(["plot", "schedules", "--out", str(tmp_path / "s.png")]) == 0
+    for name in ("f.png", "g.png", "loss.png", "s.png"):
+        assert Image.open(tmp_path / name).size[0] > 0
+
+
+def _error(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ddpmkit: error: ")
+    return err[0]
+
+
+def test_bad_input_is_one_line_and_exit_2(tiny_run, tmp_path, capsys):
+    cfg = "configs/digits.toml"
+    assert main(["train", "--config", cfg, "--set", "train.lrr=1"]) == 2
+    assert "valid keys: steps" in _error(capsys)
+    assert main(["train", "--config", cfg, "--set", "train.steps=many"]) == 2
+    assert "must be an integer" in _error(capsys)
+    assert main(["train", "--config", cfg, "--set", "data.name=fashion-mnist", "--set",
+                 f'data.data_dir="{tmp_path / "nowhere"}"', "--set", f'run.out_dir="{tmp_path / "r"}"']) == 2
+    assert "apt-get install dataset-fashion-mnist" in _error(capsys)
+    assert main(["train", "--config", cfg, "--set", "data.image_size=10", "--set", "model.preset=fashion-mnist",
+                 "--set", f'run.out_dir="{tmp_path / "r2"}"']) == 2
+    assert "not divisible by 4" in _error(capsys)
+    assert main(["sample", "--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path / "x.png")]) == 2
+    assert "no run or checkpoint" in _error(capsys)
+    assert main(["sample", "--checkpoint", str(tiny_run), "--guidance", "3", "-n", "2",
+                 "--out", str(tmp_path / "x.png"), "--no-progress"]) == 2
+    assert "class-conditional" in _error(capsys)
+    assert main(["sample", "--checkpoint", str(tiny_run), "--steps", "50", "-n", "2",
+                 "--out", str(tmp_path / "x.png"), "--no-progress"]) == 2
+    assert "1..20" in _error(capsys)
+    assert main(["forward", "--image", str(tmp_path / "missing.png"), "--out", str(tmp_path / "f.png")]) == 2
+    assert "cannot read image" in _error(capsys)
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_resume_on_other_architecture_exits_2_and_keeps_files(tmp_path, capsys):
+    run = tmp_path / "run"
+    sets = toy_overrides(run, 2)
+    args = ["train", "--config", "configs/toy2d.toml", "--no-progress"] + [a for s in sets for a in ("--set", s)]
+    assert main(args) == 0
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and "tensorboard" not in p.parts}
+    capsys.readouterr()
+    assert main(args + ["--set", "model.options={ hidden = 48, num_layers = 2 }", "--resume"]) == 2
+    assert "another architecture" in _error(capsys)
+    assert main(args) == 2
+    assert "pass --resume" in _error(capsys)
+    after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and "tensorboard" not in p.parts}
+    assert before == after
+
+
+def test_class_conditional_sampling_with_guidance(tmp_path, capsys):
+    from ddpmkit.config import load_config
+    from ddpmkit.training.trainer import train
+
+    run = tmp_path / "cond"
+    train(load_config("configs/digits.toml", tiny_overrides(run, 2, **{"data.class_conditional": "true"})),
+          progress=False)
+    assert main(["sample", "--checkpoint", str(run), "-n", "4", "--class", "3", "--guidance", "2", "--steps", "4",
+                 "--out", str(tmp_path / "c.png"), "--npy", str(tmp_path / "c.npy"), "--no-progress"]) == 0
+    assert np.load(tmp_path / "c.npy").shape == (4, 1, 8, 8)
+    assert main(["sample", "--checkpoint", str(run), "-n", "4", "--class", "11", "--guidance", "2",
+                 "--out", str(tmp_path / "d.png"), "--no-progress"]) == 2
+    assert "labels must be in 0..9" in _error(capsys)
