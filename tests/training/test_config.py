@@ -55,3 +55,22 @@ def test_bad_override_syntax_and_missing_file(tmp_path):
 def test_shipped_configs_load(path):
     cfg = load_config(path)
     assert isinstance(cfg, Config) and cfg.train.steps > 0
+
+
+@pytest.mark.parametrize("name,params", [("cifar10-ddpm.toml", 35_746_307), ("cifar10-iddpm.toml", 52_546_438)])
+def test_cifar10_configs_build_the_papers_networks(name, params):
+    from ddpmkit.runs import build_model, resolve_network_config
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / name)
+    net = build_model(resolve_network_config(cfg, (3, 32, 32), 10))
+    assert sum(p.numel() for p in net.parameters()) == params
+
+
+def test_network_options_that_contradict_the_data_are_refused():
+    from ddpmkit.runs import resolve_network_config
+
+    cfg = load_config(None, ["model.options={ in_channels = 3 }"])
+    with pytest.raises(UserError, match="in_channels = 3 does not fit"):
+        resolve_network_config(cfg, (1, 8, 8), 10)
+    with pytest.raises(UserError, match="use model.kind = 'mlp' for points"):
+        resolve_network_config(load_config(None), (2,), None)
