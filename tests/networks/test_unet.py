@@ -203,3 +203,22 @@ def test_presets_are_frozen_and_listed():
         PRESETS["digits"].ch = 3
     # lists (from TOML/JSON) are accepted and stored as tuples
     assert unet_preset("digits", ch_mult=[1, 2]).ch_mult == (1, 2)
+
+
+def test_weights_are_channels_last_and_state_dict_round_trips(tmp_path):
+    """channels_last=True stores conv weights channels_last (no per-call re-layout); a checkpoint written
+    with .contiguous() (as safetensors needs) loads back exactly, and in-place state_dict updates
+    (e.g. an EMA) still reach the parameters."""
+    from safetensors.torch import load_file, save_file
+
+    net = randomized(UNet(TINY))
+    assert net.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    other = UNet(TINY)
+    other.load_state_dict(load_file(str(tmp_path / "w.safetensors")))
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, other.state_dict()[k]), k
+    assert other.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        other.state_dict()["conv_in.weight"].zero_()
+    assert torch.count_nonzero(other.conv_in.weight) == 0
