@@ -23,6 +23,7 @@ from ddpmkit.networks import (
 
 def test_mlp_shapes_time_and_gradients():
     net = MLPDenoiser(mlp_preset("toy2d"))
+    assert sum(p.numel() for p in net.parameters()) == 412_674
     x = torch.randn(16, 2)
     out = net(x, torch.randint(0, 1000, (16,)))
     assert out.shape == (16, 2)
