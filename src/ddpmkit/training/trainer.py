@@ -112,6 +112,12 @@ class Trainer:
         if self.dist.enabled:
             self.ddp = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        # fp16 autocast needs loss scaling against gradient underflow; bf16 and fp32 do not.
+        self.scaler = None
+        if self.device.type != "cuda" and t.precision != "fp32" and self.dist.is_main:
+            self.log_fn(f"train.precision = {t.precision!r} applies on CUDA only; training in fp32 on {self.device}")
+        if self.device.type == "cuda" and t.precision == "fp16":
+            self.scaler = torch.amp.GradScaler("cuda")
         self.writer = None
         self._stop_requested = False
 
@@ -226,7 +232,7 @@ class Trainer:
                                         noise=noise[sl], model_kwargs={"y": y[sl]} if y is not None else None)
                 loss = (terms["loss"].float() * w[sl]).sum() / local
             losses[sl] = terms["loss"].detach().float()
-            loss.backward()
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         all_t = D.all_gather_cat(t, self.dist)
         all_losses = D.all_gather_cat(losses, self.dist)
         total = all_losses.mean().item()
@@ -236,8 +242,14 @@ class Trainer:
                                    f"checkpoint in {self.run_dir / 'checkpoints'} is kept (lower train.lr or "
                                    "enable train.grad_clip)")
         clip = cfg.train.grad_clip if cfg.train.grad_clip > 0 else float("inf")
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip).item()
-        self.optimizer.step()
+        if self.scaler is not None:  # skips the step when fp16 gradients overflowed
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.update(self.model)
         self.t_sampler.update(all_t, all_losses)
