@@ -170,14 +170,14 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="3 repeats")
     p.add_argument("--compile", action="store_true", help="add torch.compile rows (falls back if unavailable)")
-    p.add_argument("--impl", nargs="*", default=None, help="subset of: ours ours-nchw diffusers")
+    p.add_argument("--impl", nargs="*", default=None, help="ours ours-nchw diffusers (default: ours diffusers)")
     p.add_argument("--preset", nargs="*", default=None, help="subset of the presets")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "unet_speed.json"))
     args = p.parse_args(argv)
     repeats = 3 if args.quick else args.repeats
     torch.set_num_threads(args.threads)
 
-    impls = args.impl or ["ours", "ours-nchw", "diffusers"]
+    impls = args.impl or ["ours", "diffusers"]
     if "diffusers" in impls:
         try:
             import diffusers  # noqa: F401
@@ -214,7 +214,7 @@ def main(argv=None):
                 # The machine is shared: measure the ceiling right before each row and divide by that.
                 ceiling = matmul_ceiling()
                 ceilings.append(ceiling)
-                sec = median_time(lambda case=case, mode=mode: case.run(mode), repeats, warmup=2)
+                sec = median_time(lambda case=case, mode=mode: case.run(mode), repeats, warmup=1)
                 gflops = flops[mode] / sec / 1e9
                 row = dict(
                     model=preset,
