@@ -91,6 +91,13 @@ class InceptionFeatures:
                 "Inception features use torch-fidelity (`pip install torch-fidelity`), which needs torchvision built "
                 f"for your torch {torch.__version__}; importing it failed ({e}). Install a matching torchvision and "
                 "torch-fidelity, or use --features classifier for the built-in grayscale datasets") from None
+        # torch-fidelity unpickles the file with weights_only=False; refuse anything a restricted
+        # (tensors-only) load would not accept, so no arbitrary pickle ever runs.
+        try:
+            torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any failure means: not a plain tensor state dict
+            raise UserError(f"{path} is not a plain PyTorch state dict of tensors ({e}). "
+                            + INCEPTION_WEIGHTS_HELP) from None
         self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
                                                feature_extractor_weights_path=str(path))
         self.net.eval()
