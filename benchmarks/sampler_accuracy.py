@@ -160,7 +160,7 @@ def print_tables(acc: dict, ovh: dict) -> None:
         print("|" + "-" * 28 + "|" + "|".join("-" * 10 for _ in NFES) + "|")
         for label, row in acc[key].items():
             if "any" in row:
-                cells = [fmt.format(row["any"]["mean"])] * len(NFES)
+                cells = [fmt.format(row["any"]["mean"]) + f"±{fmt.format(row['any']['std'])}"] + [""] * (len(NFES) - 1)
             else:
                 cells = [(fmt.format(v["mean"]) + ("*" if k != str(n) else "")) for n, (k, v) in
                          zip(NFES, row.items(), strict=True)]
@@ -175,10 +175,12 @@ def print_tables(acc: dict, ovh: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1 seed, fewer samples (a smoke run)")
-    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "sampler_accuracy.json"))
     args = ap.parse_args()
-    seeds, n2d, n784 = (1, 1000, 1000) if args.quick else (args.seeds, 3000, 1000)
+    # 2-D: at n = 3000 the SW2 of exact samples scatters 0.014 +- 0.005 between seeds (mostly from the
+    # random per-mode counts), which hides every converged sampler's error; at n = 30000 it is 0.005 +- 0.002.
+    seeds, n2d, n784 = (1, 1000, 1000) if args.quick else (args.seeds, 30_000, 1000)
     t0 = time.perf_counter()
     ovh = overhead()
     torch.set_num_threads(1)  # small float64 batches: one thread is faster (and fair to a shared machine)

@@ -58,7 +58,21 @@ def run_demo(out: Path, *, config: str | None = None, steps: int | None = None, 
 
     paths["loss"] = out / "loss.png"
     viz.plot_loss_curve(run_dir / "metrics.jsonl", paths["loss"])
+    score = recognisability(x)
     print("demo pictures:")
     for name, p in paths.items():
         print(f"  {name:<10} {p}")
-    return paths
+    print(f"the shipped digits classifier (99.7% test accuracy) is confident (p > 0.9) on {score['confident']:.0%} "
+          f"of the 100 samples and assigns them to {score['classes']} of 10 classes")
+    return {"paths": paths, "score": score}
+
+
+@torch.no_grad()
+def recognisability(x: torch.Tensor, threshold: float = 0.9) -> dict:
+    """How many samples the shipped digits classifier recognises with confidence, and how many classes."""
+    from .evaluation.classifier import load_classifier
+
+    probs = load_classifier("digits")(x.float()).softmax(dim=1)
+    top, label = probs.max(dim=1)
+    return {"confident": float((top > threshold).float().mean()), "classes": int(label.unique().numel()),
+            "mean_max_prob": float(top.mean())}
