@@ -13,9 +13,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_demo_pipeline_writes_all_pictures_and_reruns_without_training(tmp_path, capsys):
     cfg = tmp_path / "tiny.toml"
-    cfg.write_text((ROOT / "configs" / "digits.toml").read_text()
-                   .replace("timesteps = 1000", "timesteps = 20").replace('preset = "digits"',
-                                                                         f'preset = "digits"\noptions = {TINY_UNET}'))
+    text = (ROOT / "configs" / "digits.toml").read_text()
+    assert "options = { ch = 24 }" in text and "timesteps = 1000" in text
+    cfg.write_text(text.replace("timesteps = 1000", "timesteps = 20").replace("options = { ch = 24 }",
+                                                                            f"options = {TINY_UNET}"))
     out = tmp_path / "demo"
     result = run_demo(out, config=str(cfg), steps=3, progress=False)
     for name in ("samples", "trajectory", "forward", "loss"):
