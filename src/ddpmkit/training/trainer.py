@@ -155,6 +155,7 @@ class Trainer:
                 self.ema.load_state_dict(ckpt.ema, ckpt.extra.get("ema_updates", ckpt.step))
             if ckpt.optimizer is not None:
                 self.optimizer.load_state_dict(ckpt.optimizer)
+                self._match_state_layout()
         except (RuntimeError, ValueError, KeyError) as e:
             raise UserError(f"checkpoint {ckpt.path} does not fit this model: {e}") from None
         if "loss_history" in ckpt.extra_tensors:
@@ -165,6 +166,14 @@ class Trainer:
         if self.dist.is_main:
             self._truncate_metrics(self.step)
             self.log_fn(f"resumed from {ckpt.path} at step {self.step}")
+
+    def _match_state_layout(self) -> None:
+        """Give each optimizer state tensor its parameter's strides: checkpoints store contiguous tensors,
+        the U-Net keeps conv weights channels_last, and the fused AdamW kernel needs matching layouts."""
+        for p, state in self.optimizer.state.items():
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor) and value.shape == p.shape and value.stride() != p.stride():
+                    state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
     def _truncate_metrics(self, step: int) -> None:
         path = self.run_dir / "metrics.jsonl"
