@@ -7,17 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..cli import _positive_int
 from ..errors import UserError
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
-    return v
 
 
 def _warn(msg: str) -> None:
