@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from ._presets import replace_fields
 from .mlp import MLPConfig, MLPDenoiser, mlp_preset
 from .unet import UNet, UNetConfig, unet_preset
 
@@ -53,17 +54,9 @@ def build_network(kind: str | NetworkConfig, preset: str | None = None, **overri
     else:
         if preset is not None:
             raise ValueError("pass either a config object or a kind and a preset name, not both")
-        config = _replace(kind, overrides)
+        config = replace_fields(kind, overrides)
     _cls, _fn, net_cls, _default = _kind_entry(_kind_of(config))
     return net_cls(config)
-
-
-def _replace(config: NetworkConfig, overrides: dict[str, Any]) -> NetworkConfig:
-    valid = [f.name for f in dataclasses.fields(config)]
-    unknown = sorted(set(overrides) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown {type(config).__name__} field(s) {unknown}; valid fields: {', '.join(valid)}")
-    return dataclasses.replace(config, **overrides) if overrides else config
 
 
 def config_to_dict(config: NetworkConfig) -> dict[str, Any]:

@@ -9,13 +9,13 @@ mixtures.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._presets import lookup_preset
 from .layers import TimeMLP, timestep_embedding
 
 __all__ = ["MLPConfig", "MLPDenoiser", "MLP_PRESETS", "mlp_preset"]
@@ -63,16 +63,7 @@ MLP_PRESETS: dict[str, MLPConfig] = {
 
 def mlp_preset(name: str, **overrides) -> MLPConfig:
     """The named MLP preset with optional field overrides."""
-    if name not in MLP_PRESETS:
-        raise ValueError(f"unknown MLP preset {name!r}; valid presets: {', '.join(sorted(MLP_PRESETS))}")
-    cfg = MLP_PRESETS[name]
-    if overrides:
-        valid = {f.name for f in dataclasses.fields(MLPConfig)}
-        unknown = sorted(set(overrides) - valid)
-        if unknown:
-            raise ValueError(f"unknown MLPConfig field(s) {unknown}; valid fields: {', '.join(sorted(valid))}")
-        cfg = dataclasses.replace(cfg, **overrides)
-    return cfg
+    return lookup_preset("MLP", MLP_PRESETS, name, overrides)
 
 
 class MLPDenoiser(nn.Module):

@@ -23,13 +23,13 @@ network knows nothing about noise schedules.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._presets import lookup_preset
 from .layers import (
     DOWNSAMPLE_MODES,
     AttentionBlock,
@@ -205,16 +205,7 @@ PRESETS: dict[str, UNetConfig] = {
 
 def unet_preset(name: str, **overrides) -> UNetConfig:
     """The named preset, with optional field overrides (e.g. ``num_classes=10``)."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown U-Net preset {name!r}; valid presets: {', '.join(sorted(PRESETS))}")
-    cfg = PRESETS[name]
-    if overrides:
-        valid = {f.name for f in dataclasses.fields(UNetConfig)}
-        unknown = sorted(set(overrides) - valid)
-        if unknown:
-            raise ValueError(f"unknown UNetConfig field(s) {unknown}; valid fields: {', '.join(sorted(valid))}")
-        cfg = dataclasses.replace(cfg, **overrides)
-    return cfg
+    return lookup_preset("U-Net", PRESETS, name, overrides)
 
 
 # ----------------------------------------------------------------------------------------------------
