@@ -7,8 +7,7 @@ from scipy.stats import norm
 
 from ddpmkit import GaussianDiffusion
 from ddpmkit.diffusion import losses
-
-LEVELS = torch.arange(256, dtype=torch.float64) / 255 * 2 - 1
+from ddpmkit.testing.gaussian_data import LEVELS, QuantisedGaussian
 
 
 def test_normal_kl_matches_torch_distributions():
@@ -40,39 +39,10 @@ def test_discretized_likelihood_shape_mismatch():
 
 # --- an exact model: data N(mu, sd^2) per dimension, optimal predictors in closed form ---------
 
-MU, SD = 0.1, 0.3
-
-
-def gaussian_posterior(proc, xt, t):
-    """E[x0 | x_t] and Var[x0 | x_t] for x0 ~ N(MU, SD^2)."""
-    ab = proc.alphas_cumprod[t].view(-1, *([1] * (xt.ndim - 1)))
-    a, s2 = ab.sqrt(), 1 - ab
-    V = a * a * SD**2 + s2
-    return MU + a * SD**2 / V * (xt - a * MU), SD**2 * s2 / V
-
-
-def exact_model(proc):
-    def model(xt, t):
-        ab = proc.alphas_cumprod[t].view(-1, *([1] * (xt.ndim - 1)))
-        ex0, var0 = gaussian_posterior(proc, xt, t)
-        eps = (xt - ab.sqrt() * ex0) / (1 - ab).sqrt()
-        if proc.variance != "learned_range":
-            return eps
-        # the true reverse variance: beta_tilde + coef1^2 Var[x0 | x_t], as v in [-1, 1]
-        c1 = proc.posterior_mean_coef1[t].view(-1, 1)
-        opt = (proc.posterior_variance[t].view(-1, 1) + c1**2 * var0).log()
-        lo, hi = proc.posterior_log_variance_clipped[t].view(-1, 1), proc.log_betas[t].view(-1, 1)
-        frac = ((opt - lo) / (hi - lo)).clamp(0, 1)
-        return torch.cat([eps, (2 * frac - 1).expand_as(eps)], 1)
-    return model
-
-
-def discretized_gaussian_data(n, d, seed):
-    edges = np.concatenate([[-np.inf], (LEVELS[:-1] + LEVELS[1:]).numpy() / 2, [np.inf]])
-    p = np.diff(norm.cdf(edges, MU, SD))
-    idx = np.random.default_rng(seed).choice(256, size=(n, d), p=p / p.sum())
-    nll_per_example = torch.from_numpy(-np.log2(p[idx]).mean(1))  # exact -log2 P(x0) per dimension
-    return LEVELS[idx], nll_per_example
+DATA = QuantisedGaussian(0.1, 0.3)
+MU, SD = DATA.mu, DATA.sd
+gaussian_posterior = DATA.posterior
+exact_model = DATA.model_fn
 
 
 @pytest.mark.parametrize("variance", ["fixed_small", "fixed_large"])
@@ -108,7 +78,7 @@ def test_full_bound_is_close_to_true_nll_with_exact_mean_and_variance():
     must give a larger bound, with the small one worst (Improved DDPM, Sec. 3.1).
     """
     n = 500
-    x0, nll = discretized_gaussian_data(n, 8, seed=0)
+    x0, nll = DATA.quantised(n, 8, seed=0)
     gaps = {}
     for variance in ("learned_range", "fixed_large", "fixed_small"):
         proc = GaussianDiffusion.from_schedule("linear", 1000, variance=variance).double()
