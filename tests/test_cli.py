@@ -6,12 +6,13 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from ddpmkit.cli import main
 from ddpmkit.testing.tiny import tiny_overrides, toy_overrides
 
-COMMANDS = ["train", "sample", "forward", "info", "plot", "demo"]
+COMMANDS = ["train", "sample", "forward", "info", "export", "plot", "demo"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -65,6 +66,34 @@ def test_info_and_forward_and_plot(tiny_run, tmp_path, capsys):
     assert main(["plot", "schedules", "--out", str(tmp_path / "s.png")]) == 0
     for name in ("f.png", "g.png", "loss.png", "s.png"):
         assert Image.open(tmp_path / name).size[0] > 0
+
+
+def test_export_writes_ema_only_copy_that_samples_identically(tiny_run, tmp_path, capsys):
+    from ddpmkit.runs import load_run
+    from ddpmkit.training.checkpoint import find_checkpoint
+
+    out = tmp_path / "slim"
+    assert main(["export", str(tiny_run), "--out", str(out)]) == 0
+    assert sorted(f.name for f in out.iterdir()) == ["ema.safetensors", "state.json"]
+    full_size = sum(f.stat().st_size for f in find_checkpoint(tiny_run).iterdir())
+    assert sum(f.stat().st_size for f in out.iterdir()) < full_size / 2  # no raw weights, no optimizer
+    original, slim = load_run(tiny_run), load_run(out)
+    assert slim.checkpoint.step == original.checkpoint.step and slim.uses_ema
+    for k, v in original.model.state_dict().items():  # the original loads its EMA weights by default
+        assert torch.equal(v, slim.model.state_dict()[k]), k
+    for name, ckpt in (("a", tiny_run), ("b", out)):
+        assert main(["sample", "--checkpoint", str(ckpt), "-n", "4", "--steps", "3", "--out",
+                     str(tmp_path / f"{name}.png"), "--npy", str(tmp_path / f"{name}.npy"), "--no-progress"]) == 0
+    assert np.array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
+    capsys.readouterr()
+    # never replaces a non-empty directory without --force
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    assert main(["export", str(tiny_run), "--out", str(out)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    assert main(["export", str(tiny_run), "--out", str(out), "--force", "--raw"]) == 0
+    assert sorted(f.name for f in out.iterdir()) == ["model.safetensors", "state.json"]
+    assert not load_run(out).uses_ema
 
 
 def _error(capsys):

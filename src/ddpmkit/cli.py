@@ -174,6 +174,16 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .runs import resolve_checkpoint_path
+    from .training.checkpoint import export_checkpoint
+
+    out = export_checkpoint(resolve_checkpoint_path(args.run), args.out, use_ema=not args.raw, force=args.force)
+    size = sum(f.stat().st_size for f in out.iterdir())
+    print(f"wrote {out} ({size / 2**20:.1f} MiB, {'raw' if args.raw else 'EMA'} weights only)")
+    return 0
+
+
 def cmd_plot(args) -> int:
     from . import viz
 
@@ -269,6 +279,15 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("run", help="run directory, checkpoint directory or pretrained:NAME")
     i.add_argument("--json", action="store_true", help="print JSON")
     i.set_defaults(func=cmd_info)
+
+    x = sub.add_parser("export", help="write a slim inference-only copy of a checkpoint",
+                       description="Copy one set of weights (EMA by default) and the run's config into OUT, without "
+                                   "the optimizer state: what `--checkpoint OUT` needs for sample and eval.")
+    x.add_argument("run", help="run directory or checkpoint directory")
+    x.add_argument("--out", required=True, help="output directory (must not exist or be empty, unless --force)")
+    x.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA weights")
+    x.add_argument("--force", action="store_true", help="replace a non-empty OUT")
+    x.set_defaults(func=cmd_export)
 
     pl = sub.add_parser("plot", help="plots: loss curve of a run, schedules",
                         description="`plot loss RUN --out loss.png` draws metrics.jsonl; `plot schedules --out "

@@ -174,8 +174,14 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
         raise UserError(f"checkpoint {ckpt_dir} has format version {state.get('format_version')}, "
                         f"this ddpmkit reads version {FORMAT_VERSION}")
     device = str(map_location)
-    model = load_file(str(ckpt_dir / "model.safetensors"), device=device)
     ema = load_file(str(ckpt_dir / "ema.safetensors"), device=device) if state.get("has_ema") else None
+    model_file = ckpt_dir / "model.safetensors"
+    if model_file.is_file():
+        model = load_file(str(model_file), device=device)
+    elif ema is not None and state.get("weights_only"):  # an exported EMA-only checkpoint
+        model = ema
+    else:
+        raise UserError(f"checkpoint {ckpt_dir} has no model.safetensors")
     optimizer, extra_tensors = None, {}
     opt_file = ckpt_dir / "optim.safetensors"
     if with_optimizer and opt_file.is_file():
@@ -186,3 +192,33 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     return Checkpoint(step=int(state["step"]), config=state["config"], network=state["network"], model=model,
                       ema=ema, optimizer=optimizer, extra=state.get("extra", {}), extra_tensors=extra_tensors,
                       path=ckpt_dir)
+
+
+def export_checkpoint(path: str | Path, out_dir: str | Path, *, use_ema: bool = True, force: bool = False) -> Path:
+    """Write a slim, inference-only copy of a checkpoint: one set of weights (the EMA weights unless
+    ``use_ema`` is false) and ``state.json``; no optimizer, no second copy.  ``load_checkpoint`` reads it
+    (the EMA weights then serve as both the raw and the EMA weights).  Refuses to replace an existing,
+    non-empty ``out_dir`` unless ``force``."""
+    ckpt = load_checkpoint(path, with_optimizer=False)
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise UserError(f"{out} exists and is not empty; choose another --out or pass --force")
+    if use_ema and ckpt.ema is None:
+        raise UserError(f"checkpoint {ckpt.path} has no EMA weights; export the raw weights with --raw")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
+    try:
+        name = "ema.safetensors" if use_ema else "model.safetensors"
+        _save_tensors(ckpt.ema if use_ema else ckpt.model, tmp / name)
+        state = {"format_version": FORMAT_VERSION, "step": ckpt.step, "config": ckpt.config,
+                 "network": ckpt.network, "optimizer": None, "has_ema": use_ema, "weights_only": True,
+                 "extra": {"exported_from": str(ckpt.path), "weights": "ema" if use_ema else "raw"}}
+        _write_bytes_synced(tmp / "state.json", json.dumps(state, indent=1).encode())
+        _fsync_dir(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
