@@ -126,5 +126,12 @@ def test_class_coverage():
     assert c["counts"] == [6] * 5 + [0] * 5
     assert c["mean_max_prob"] == pytest.approx(1.0, abs=1e-6)
     assert class_coverage(np.zeros((4, 10)))["mean_max_prob"] == pytest.approx(0.1)
+    assert c["confident_fraction"] == 1.0 and c["confident_classes"] == 5
+    # two classes' samples made unsure (top probability 0.5 < 0.9): those classes stop counting as confident
+    unsure = logits.copy()
+    unsure[np.arange(30) % 5 >= 3, 9] = 10.0
+    u = class_coverage(unsure)
+    assert u["confident_fraction"] == pytest.approx(18 / 30) and u["confident_classes"] == 3
+    assert class_coverage(unsure, confident=0.4)["confident_fraction"] == 1.0
     assert class_coverage(logits, min_count=7)["coverage"] == 0.0
     assert math.isclose(class_coverage(logits[:, :5], num_classes=5)["coverage"], 1.0)

@@ -161,7 +161,8 @@ def cmd_fid(args) -> int:
         print(f"  IS         {scores['inception_score']:.3f} ± {scores['inception_score_std']:.3f}   "
               f"(real {scores.get('real_inception_score', float('nan')):.3f})")
         print(f"  classes    {scores['classes_covered']}/{scores['num_classes']} covered, mean max-prob "
-              f"{scores['mean_max_prob']:.3f} (real {scores.get('real_mean_max_prob', float('nan')):.3f})")
+              f"{scores['mean_max_prob']:.3f} (real {scores.get('real_mean_max_prob', float('nan')):.3f}); "
+              f"{scores['confident_fraction']:.0%} confident (p > 0.9), in {scores['confident_classes']} classes")
     _write_json(args.json, {**info, **scores})
     return 0
 
@@ -183,8 +184,9 @@ def cmd_rate_distortion(args) -> int:
     res = evaluate_nll(model_fn_of(run.model), run.process, batches, seed=args.seed, device=args.device,
                        progress=_progress(args, T, "t"))
     rd = rate_distortion_from_terms(res.vb_mean, float(res.prior.mean()), res.x0_mse_mean)
-    meta = {**_describe_run(args, run), "split": args.split, "n": res.n, "seed": args.seed,
-            "total_bpd": float(res.total.mean()), "decoder_bpd": float(res.decoder.mean())}
+    summary = res.summary()
+    meta = {**_describe_run(args, run), "split": args.split, "seed": args.seed,
+            **{k: v for k, v in summary.items() if k != "quarters"}}
     paths = write_rate_distortion(rd, args.out, meta=meta)
     print(f"rate-distortion: {meta['dataset']} {args.split} split, n = {res.n}, T = {T}")
     print(f"  {'t':>6}{'rate (bits/dim)':>18}{'distortion (RMSE 0-255)':>26}")

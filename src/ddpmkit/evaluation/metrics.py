@@ -121,18 +121,23 @@ def inception_score(logits, splits: int = 10) -> tuple[float, float]:
     return float(np.mean(scores)), float(np.std(scores))
 
 
-def class_coverage(logits, num_classes: int | None = None, min_count: int = 1) -> dict:
-    """Which classes the classifier assigns samples to.
+def class_coverage(logits, num_classes: int | None = None, min_count: int = 1, confident: float = 0.9) -> dict:
+    """Which classes the classifier assigns samples to, and how confidently.
 
     Returns ``coverage`` (fraction of the classes that receive at least ``min_count`` samples as their
-    argmax), ``mean_max_prob`` (average confidence), ``counts`` per class and the number of classes.
+    argmax), ``mean_max_prob`` (average confidence), ``confident_fraction`` (samples whose top probability
+    exceeds ``confident``), ``confident_classes`` (classes with at least ``min_count`` such samples),
+    ``counts`` per class and the number of classes.
     """
     logp = _log_softmax64(logits)
     k = num_classes or logp.shape[1]
     pred = logp.argmax(axis=1)
+    top = np.exp(logp.max(axis=1))
     counts = np.bincount(pred, minlength=k)
+    sure = np.bincount(pred[top > confident], minlength=k)
     return {"coverage": float((counts >= min_count).sum() / k), "classes_covered": int((counts >= min_count).sum()),
-            "num_classes": int(k), "mean_max_prob": float(np.exp(logp.max(axis=1)).mean()),
+            "num_classes": int(k), "mean_max_prob": float(top.mean()),
+            "confident_fraction": float((top > confident).mean()), "confident_classes": int((sure >= min_count).sum()),
             "counts": counts.tolist()}
 
 
