@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ddpmkit.networks.layers import AttentionBlock, Downsample, ResBlock, Upsample, timestep_embedding
+from ddpmkit.networks.layers import AttentionBlock, Downsample, Dropout, ResBlock, Upsample, timestep_embedding
 
 
 def _randomize(module, seed=0):
@@ -122,3 +122,43 @@ def test_upsample_is_nearest_then_conv():
     x = torch.randn(1, 4, 3, 3)
     expected = up.conv(x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3))
     torch.testing.assert_close(up(x), expected)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.5])
+def test_dropout_keeps_the_mean_and_drops_at_rate_p(p):
+    d = Dropout(p)
+    assert abs(d.effective_p - p) <= 2**-16
+    torch.manual_seed(0)
+    x = torch.ones(2_000_003, dtype=torch.float64)  # odd size: the last 32-bit word is half used
+    y = d(x)
+    kept = y != 0
+    scale = 1 / (1 - d.effective_p)
+    assert torch.all(y[kept] == scale)  # kept elements are scaled exactly, in x's dtype
+    rate = 1 - kept.double().mean().item()
+    se = math.sqrt(p * (1 - p) / x.numel())
+    assert abs(rate - d.effective_p) < 5 * se
+    assert abs(y.mean().item() - 1.0) < 5 * se * scale
+
+
+def test_dropout_gradient_is_the_mask_and_layout_is_kept():
+    d = Dropout(0.2)
+    x = torch.randn(4, 8, 6, 6).contiguous(memory_format=torch.channels_last).requires_grad_()
+    torch.manual_seed(1)
+    y = d(x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    mask = torch.where(x != 0, y / x, 0.0).detach()
+    assert torch.allclose(mask[mask != 0], torch.full_like(mask[mask != 0], 1 / (1 - d.effective_p)))
+    y.backward(torch.ones_like(y))
+    torch.testing.assert_close(x.grad, mask)
+    torch.manual_seed(1)  # same seed, same mask
+    torch.testing.assert_close(d(x.detach()), y.detach())
+    torch.manual_seed(2)
+    assert not torch.equal(d(x.detach()), y.detach())
+
+
+def test_dropout_identity_in_eval_mode_and_at_zero():
+    x = torch.randn(3, 5)
+    assert Dropout(0.3).eval()(x) is x
+    assert Dropout(0.0)(x) is x
+    with pytest.raises(ValueError, match="dropout probability"):
+        Dropout(1.0)

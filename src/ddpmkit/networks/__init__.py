@@ -6,7 +6,7 @@ All networks are called as ``net(x, t, y=None)`` with ``t`` the integer (or floa
 
 from .convert_diffusers import load_diffusers_unet, save_diffusers_unet
 from .factory import NETWORK_KINDS, build_network, config_from_dict, config_to_dict, network_config
-from .layers import AttentionBlock, Downsample, ResBlock, TimeMLP, Upsample, timestep_embedding
+from .layers import AttentionBlock, Downsample, Dropout, ResBlock, TimeMLP, Upsample, timestep_embedding
 from .mlp import MLP_PRESETS, MLPConfig, MLPDenoiser, mlp_preset
 from .speed import maybe_compile
 from .unet import PRESETS, UNet, UNetConfig, unet_preset
@@ -14,6 +14,7 @@ from .unet import PRESETS, UNet, UNetConfig, unet_preset
 __all__ = [
     "AttentionBlock",
     "Downsample",
+    "Dropout",
     "MLPConfig",
     "MLPDenoiser",
     "MLP_PRESETS",
