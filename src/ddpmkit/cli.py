@@ -146,14 +146,13 @@ def cmd_forward(args) -> int:
 
 def cmd_info(args) -> int:
     from .runs import load_run
-    from .training.checkpoint import find_checkpoint
 
     run = load_run(args.run)
     ckpt = run.checkpoint
     n_params = sum(p.numel() for p in run.model.parameters())
     info = {"checkpoint": str(ckpt.path), "step": ckpt.step, "parameters": n_params, "ema": ckpt.ema is not None,
             "config": ckpt.config, "network": ckpt.network}
-    metrics = Path(find_checkpoint(args.run)).parents[1] / "metrics.jsonl"
+    metrics = Path(ckpt.path).parents[1] / "metrics.jsonl"
     if metrics.is_file():
         rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
         info["last_losses"] = [{"step": r["step"], "loss": r["loss"]} for r in rows[-5:]]

@@ -162,7 +162,8 @@ def cmd_fid(args) -> int:
               f"(real {scores.get('real_inception_score', float('nan')):.3f})")
         print(f"  classes    {scores['classes_covered']}/{scores['num_classes']} covered, mean max-prob "
               f"{scores['mean_max_prob']:.3f} (real {scores.get('real_mean_max_prob', float('nan')):.3f}); "
-              f"{scores['confident_fraction']:.0%} confident (p > 0.9), in {scores['confident_classes']} classes")
+              f"{scores['confident_fraction']:.0%} confident (p > 0.9; real "
+              f"{scores.get('real_confident_fraction', float('nan')):.0%}), in {scores['confident_classes']} classes")
     _write_json(args.json, {**info, **scores})
     return 0
 

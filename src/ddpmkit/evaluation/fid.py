@@ -63,7 +63,8 @@ def real_scores(ref, num_classes: int | None) -> dict:
         return {}
     is_mean, _ = inception_score(ref.logits)
     cov = class_coverage(ref.logits, num_classes)
-    return {"real_inception_score": is_mean, "real_mean_max_prob": cov["mean_max_prob"]}
+    return {"real_inception_score": is_mean, "real_mean_max_prob": cov["mean_max_prob"],
+            "real_confident_fraction": cov["confident_fraction"]}
 
 
 __all__ = ["score_features", "fid_of_images", "generate_for_fid", "sample_count_warning", "real_scores",

@@ -215,6 +215,7 @@ def export_checkpoint(path: str | Path, out_dir: str | Path, *, use_ema: bool = 
                  "extra": {"exported_from": str(ckpt.path), "weights": "ema" if use_ema else "raw"}}
         _write_bytes_synced(tmp / "state.json", json.dumps(state, indent=1).encode())
         _fsync_dir(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp made it private; an exported model is meant to be shared
         if out.exists():
             shutil.rmtree(out)
         os.rename(tmp, out)
