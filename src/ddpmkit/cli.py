@@ -70,7 +70,7 @@ def cmd_sample(args) -> int:
         steps = min(50, run.process.num_timesteps)
     x = generate(run.model, run.process, args.n, shape, sampler=args.sampler, steps=steps, eta=args.eta,
                  seed=args.seed, y=args.class_label, guidance=args.guidance,
-                 clip_x0=not args.no_clip and len(shape) == 3,
+                 clip_x0=not args.no_clip and len(shape) == 3, spacing=args.spacing,
                  batch_size=args.batch_size, callback=recorder, progress=not args.no_progress, device=args.device)
     out = Path(args.out)
     _write_samples(x, "image" if len(shape) == 3 else "points", out)
@@ -210,7 +210,7 @@ def cmd_demo(args) -> int:
 # --- parser ---------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    from .samplers import SAMPLERS
+    from .samplers import SAMPLERS, SPACINGS
 
     p = argparse.ArgumentParser(
         prog="ddpmkit", epilog=EPILOG,
@@ -239,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=_positive_int, default=None,
                    help="time steps to visit (default: all T for ddpm, min(50, T) otherwise)")
     s.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like noise")
+    s.add_argument("--spacing", choices=list(SPACINGS), default=None,
+                   help="time steps a sampler visits when --steps < T (default: the sampler's own: uniform "
+                        "for ddpm/ddim, logsnr for dpm++, karras for heun)")
     s.add_argument("-n", type=_positive_int, default=100, help="number of samples (default 100)")
     s.add_argument("--seed", type=int, default=0, help="random seed; same seed, same samples")
     s.add_argument("--class", dest="class_label", type=int, default=None, help="class label (conditional models)")

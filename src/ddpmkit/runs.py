@@ -126,16 +126,19 @@ def model_fn_of(model: nn.Module):
 def generate(model: nn.Module, process: GaussianDiffusion, n: int, item_shape: tuple[int, ...], *,
              sampler: str = "ddim", steps: int | None = 50, eta: float = 0.0, seed: int = 0,
              y: int | torch.Tensor | None = None, guidance: float | None = None, clip_x0: bool = True,
-             batch_size: int = 256, callback=None, progress: bool = False,
+             spacing: str | None = None, batch_size: int = 256, callback=None, progress: bool = False,
              device: str | torch.device = "cpu") -> torch.Tensor:
     """``n`` samples in model range.  Sample i depends only on (seed, i): the initial noise is drawn
     for all n at once from one generator, so the batch size changes nothing for deterministic
     samplers (ancestral samplers draw per-batch noise from a generator seeded by (seed, batch)).
+    ``spacing`` None keeps the sampler's own default (see ``sampling_timesteps``).
     ``callback(step, t, x_t, x0_pred)`` is passed to the sampler for every batch."""
     fn = get_sampler(sampler)
     kwargs = {"steps": steps, "clip_x0": clip_x0, "progress": progress}
     if sampler == "ddim":
         kwargs["eta"] = eta
+    if spacing is not None:
+        kwargs["spacing"] = spacing
     if steps is not None and steps == process.num_timesteps:
         kwargs["steps"] = None
     g = torch.Generator().manual_seed(seed)

@@ -138,10 +138,14 @@ def test_eval_fid_command(tiny_run, tmp_path, capsys):
     for key in ("fid", "precision", "recall", "inception_score", "coverage", "mean_max_prob", "seconds_per_image"):
         assert np.isfinite(d[key]), key
     assert d["n"] == 40 and d["ref_n"] == 60 and d["steps"] == 3 and d["features"] == "classifier:digits"
+    assert d["spacing"] == "default" and d["clip_x0"] is True
     # the second run reuses the cached reference features
     assert main(["eval", "fid", "--checkpoint", str(tiny_run), "-n", "40", "--steps", "3", "--ref-n", "60",
-                 "--no-progress"]) == 0
-    assert "[cached]" in capsys.readouterr().out
+                 "--spacing", "quadratic", "--no-clip", "--json", str(out), "--no-progress"]) == 0
+    cap = capsys.readouterr().out
+    assert "[cached]" in cap and "quadratic spacing, x0 not clipped" in cap
+    d2 = json.loads(out.read_text())
+    assert d2["spacing"] == "quadratic" and d2["clip_x0"] is False and d2["fid"] != d["fid"]
 
 
 def test_eval_bad_input(tiny_run, tmp_path, capsys):

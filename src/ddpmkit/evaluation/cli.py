@@ -136,7 +136,8 @@ def cmd_fid(args) -> int:
         _warn(ref_warning)
     steps = args.steps if args.steps is not None else (None if args.sampler == "ddpm" else 50)
     x, seconds = generate_for_fid(run, args.n, shape, sampler=args.sampler, steps=steps, eta=args.eta,
-                                  seed=args.seed, guidance=args.guidance, batch_size=args.batch_size,
+                                  seed=args.seed, guidance=args.guidance, clip_x0=not args.no_clip,
+                                  spacing=args.spacing, batch_size=args.batch_size,
                                   progress=not args.no_progress, device=args.device)
     if args.save_samples:
         from .. import viz
@@ -149,11 +150,13 @@ def cmd_fid(args) -> int:
     scores.update(real_scores(ref, getattr(extractor, "num_classes", None)))
     steps_used = steps or run.process.num_timesteps
     info = {**_describe_run(args, run), "sampler": args.sampler, "steps": steps_used, "eta": args.eta,
-            "seed": args.seed, "n": args.n, "features": extractor.name, "feature_dim": extractor.feature_dim,
+            "spacing": args.spacing or "default", "clip_x0": not args.no_clip, "seed": args.seed, "n": args.n,
+            "features": extractor.name, "feature_dim": extractor.feature_dim,
             "ref_split": args.ref_split, "ref_n": len(ref.features), "sampling_seconds": seconds,
             "seconds_per_image": seconds / args.n, "warning": warning}
     print(f"{args.sampler} {steps_used} steps"
           + (f", eta {args.eta}" if args.sampler == "ddim" else "")
+          + (f", {args.spacing} spacing" if args.spacing else "") + (", x0 not clipped" if args.no_clip else "")
           + f": n = {args.n}, {seconds / args.n * 1000:.1f} ms/image")
     print(f"  FID        {scores['fid']:.3f}")
     print(f"  precision  {scores['precision']:.3f}   recall {scores['recall']:.3f}   (k = {args.k})")
@@ -222,7 +225,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def add_eval_parser(sub) -> None:
-    from ..samplers import SAMPLERS
+    from ..samplers import SAMPLERS, SPACINGS
 
     e = sub.add_parser("eval", help="evaluate a checkpoint: bits/dim, FID, rate-distortion",
                        description="Evaluate a checkpoint: `eval nll` (bits/dim of the variational bound), "
@@ -248,6 +251,9 @@ def add_eval_parser(sub) -> None:
     f.add_argument("--sampler", choices=list(SAMPLERS), default="ddim", help="sampler (default ddim)")
     f.add_argument("--steps", type=_positive_int, default=None, help="steps (default: T for ddpm, else 50)")
     f.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
+    f.add_argument("--spacing", choices=list(SPACINGS), default=None,
+                   help="time steps a sampler visits (default: the sampler's own, uniform for ddpm/ddim)")
+    f.add_argument("--no-clip", action="store_true", help="do not clip the predicted x0 to [-1, 1]")
     f.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
     f.add_argument("-n", type=int, default=10000, help="generated samples (default 10000)")
     f.add_argument("--seed", type=int, default=0, help="sampling seed")

@@ -44,7 +44,8 @@ def fid_of_images(extractor, real_images: torch.Tensor, fake_images: torch.Tenso
 
 
 def generate_for_fid(run, n: int, item_shape, *, sampler: str, steps: int | None, eta: float = 0.0, seed: int = 0,
-                     guidance: float | None = None, batch_size: int = 256, progress: bool = False,
+                     guidance: float | None = None, clip_x0: bool = True, spacing: str | None = None,
+                     batch_size: int = 256, progress: bool = False,
                      device: str = "cpu") -> tuple[torch.Tensor, float]:
     """``n`` samples of a loaded run (class-balanced labels for conditional models) and the seconds taken."""
     from ..runs import generate
@@ -53,7 +54,8 @@ def generate_for_fid(run, n: int, item_shape, *, sampler: str, steps: int | None
     y = torch.arange(n) % num_classes if num_classes else None
     t0 = time.perf_counter()
     x = generate(run.model, run.process, n, tuple(item_shape), sampler=sampler, steps=steps, eta=eta, seed=seed,
-                 y=y, guidance=guidance, batch_size=batch_size, progress=progress, device=device)
+                 y=y, guidance=guidance, clip_x0=clip_x0, spacing=spacing, batch_size=batch_size,
+                 progress=progress, device=device)
     return x, time.perf_counter() - t0
 
 
