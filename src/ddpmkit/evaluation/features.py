@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.pixels import to_model_range, to_uint8
 from ..errors import UserError
 from .classifier import file_sha256, load_classifier
 
@@ -27,7 +28,7 @@ INCEPTION_WEIGHTS_HELP = (
 
 
 class ClassifierFeatures:
-    """Penultimate-layer features and logits of a shipped :class:`SmallClassifier`."""
+    """Penultimate-layer features and logits of a shipped :class:`SmallClassifier`, on 8-bit pixels."""
 
     kind = "classifier"
 
@@ -62,7 +63,7 @@ class ClassifierFeatures:
         feats, logits = [], []
         s = self.input_shape[1]
         for i in range(0, len(images), batch_size):
-            x = images[i:i + batch_size].float()
+            x = to_model_range(to_uint8(images[i:i + batch_size]))  # scored as saved 8-bit images
             if tuple(x.shape[-2:]) != (s, s):
                 x = F.interpolate(x, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
             f, z = self.net.features_and_logits(x)
@@ -117,7 +118,7 @@ class InceptionFeatures:
             x = images[i:i + batch_size].float()
             if x.shape[1] == 1:
                 x = x.expand(-1, 3, -1, -1)
-            u8 = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # torch-fidelity takes uint8 0..255
+            u8 = to_uint8(x)  # torch-fidelity takes uint8 0..255
             f, z = self.net(u8)
             feats.append(f.double().numpy())
             logits.append(z.double().numpy())
