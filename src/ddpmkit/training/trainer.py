@@ -392,6 +392,9 @@ class Trainer:
             if not stopped and self.dist.is_main and self.step > 0:
                 pic = self.sample_picture(self.run_dir / "samples.png")
                 self.log_fn(f"wrote {pic}")
+            # Every rank leaves together: a gloo rank that tears its process group down while rank 0 is
+            # still writing the picture can abort in gloo's threads (seen once as SIGABRT in the DDP test).
+            D.barrier(self.dist)
         finally:
             if bar is not None:
                 bar.close()
