@@ -11,9 +11,11 @@ For each case it measures (medians over ``--repeats`` timed runs after warm-up):
 
 FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matmuls; the optimizer and
 element-wise ops count zero). It counts CPU ``scaled_dot_product_attention`` as zero, so the formulas of
-the GPU kernels are registered for the CPU flash-attention ops. "ceiling" is the median GFLOP/s of a
-large fp32 matmul measured in the same run with the same thread count, right before each row (the machine
-may be shared; the load average is recorded in the JSON); "frac" = achieved / that ceiling.
+the GPU kernels are registered for the CPU flash-attention ops. "ceiling" is the GFLOP/s of a large fp32
+matmul with the same thread count. The machine may be shared and its speed drifts from minute to minute
+(the load average is recorded in the JSON), so every timed run is paired with a ceiling sample taken just
+before it: "frac" is the median over the runs of achieved / paired ceiling, and the row's "ceiling" is
+the median of its paired samples.
 
 Rows with ``impl=diffusers`` run diffusers' ``UNet2DModel`` built from the same architecture (the
 config our exporter writes), when diffusers is installed.
@@ -87,12 +89,30 @@ def median_time(fn, repeats: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
-def matmul_ceiling(n: int = 2048, repeats: int = 7) -> float:
+def matmul_ceiling(n: int = 2048, repeats: int = 7, warmup: int = 2) -> float:
     """fp32 GFLOP/s of an n x n x n matmul (the dense-compute ceiling of this machine and thread count)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     out = torch.empty(n, n)
-    t = median_time(lambda: torch.mm(a, b, out=out), repeats, warmup=2)
+    t = median_time(lambda: torch.mm(a, b, out=out), repeats, warmup=warmup)
     return 2 * n**3 / t / 1e9
+
+
+def paired_runs(fn, flops: int, repeats: int, warmup: int = 1) -> tuple[float, float, float]:
+    """Time ``fn`` ``repeats`` times, each run right after a short ceiling sample.
+
+    Returns the median seconds, the median paired ceiling and the median of the per-run fractions
+    (achieved GFLOP/s / the ceiling measured just before that run).
+    """
+    for _ in range(warmup):
+        fn()
+    secs, ceilings = [], []
+    for _ in range(repeats):
+        ceilings.append(matmul_ceiling(repeats=3, warmup=1))
+        start = time.perf_counter()
+        fn()
+        secs.append(time.perf_counter() - start)
+    fracs = [flops / sec / 1e9 / c for sec, c in zip(secs, ceilings, strict=True)]
+    return statistics.median(secs), statistics.median(ceilings), statistics.median(fracs)
 
 
 class Case:
@@ -211,10 +231,11 @@ def main(argv=None):
                     continue
                 case.model = compiled
             for mode in modes:
-                # The machine is shared: measure the ceiling right before each row and divide by that.
-                ceiling = matmul_ceiling()
+                # The machine is shared: every timed run is divided by a ceiling sampled just before it.
+                sec, ceiling, frac = paired_runs(
+                    lambda case=case, mode=mode: case.run(mode), flops[mode], repeats, warmup=1
+                )
                 ceilings.append(ceiling)
-                sec = median_time(lambda case=case, mode=mode: case.run(mode), repeats, warmup=1)
                 gflops = flops[mode] / sec / 1e9
                 row = dict(
                     model=preset,
@@ -226,12 +247,12 @@ def main(argv=None):
                     gflop_per_img=flops[mode] / batch / 1e9,
                     gflop_per_s=gflops,
                     ceiling_gflop_per_s=ceiling,
-                    frac_of_ceiling=gflops / ceiling,
+                    frac_of_ceiling=frac,
                 )
                 rows.append(row)
                 print(
                     f"{preset:14} {impl:13} {mode:5} {batch:5d} {batch / sec:8.1f} "
-                    f"{row['gflop_per_img']:9.2f} {gflops:8.1f} {gflops / ceiling:5.2f}",
+                    f"{row['gflop_per_img']:9.2f} {gflops:8.1f} {frac:5.2f}",
                     flush=True,
                 )
             del case, model

@@ -6,7 +6,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ddpmkit.networks.layers import AttentionBlock, Downsample, Dropout, ResBlock, Upsample, timestep_embedding
+from ddpmkit.networks.layers import (
+    AttentionBlock,
+    Downsample,
+    Dropout,
+    MatmulGradConv2d,
+    ResBlock,
+    Upsample,
+    conv3x3_weight_grad,
+    timestep_embedding,
+)
 
 
 def _randomize(module, seed=0):
@@ -162,3 +171,103 @@ def test_dropout_identity_in_eval_mode_and_at_zero():
     assert Dropout(0.0)(x) is x
     with pytest.raises(ValueError, match="dropout probability"):
         Dropout(1.0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# MatmulGradConv2d: the CPU weight gradient of wide 3x3 convolutions as three matrix products
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 4), (1, 6, 1, 7), (3, 4, 8, 8)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_conv3x3_weight_grad_equals_the_convolution_gradient(shape, channels_last):
+    """Float64: the three products give torch's convolution weight and bias gradients to rounding."""
+    g = torch.Generator().manual_seed(sum(shape))
+    b, c_in, h, w = shape
+    c_out = 5
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    grad_out = torch.randn(b, c_out, h, w, generator=g, dtype=torch.float64)
+    if channels_last:
+        x, grad_out = (t.contiguous(memory_format=torch.channels_last) for t in (x, grad_out))
+    weight = torch.randn(c_out, c_in, 3, 3, generator=g, dtype=torch.float64)
+    _, ref_w, ref_b = torch.ops.aten.convolution_backward(
+        grad_out, x, weight, [c_out], (1, 1), (1, 1), (1, 1), False, (0, 0), 1, (False, True, True)
+    )
+    grad_w, grad_b = conv3x3_weight_grad(grad_out, x)
+    assert grad_w.shape == weight.shape
+    torch.testing.assert_close(grad_w, ref_w, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad_b, ref_b, rtol=1e-12, atol=1e-12)
+
+
+def test_matmul_grad_conv_function_passes_gradcheck():
+    from ddpmkit.networks.layers import _Conv3x3MatmulGrad
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(4, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_Conv3x3MatmulGrad.apply, (x, w, bias))
+
+
+def test_matmul_grad_conv_applies_only_to_wide_3x3_stride1_pad1():
+    assert MatmulGradConv2d(128, 256, 3, padding=1).matmul_weight_grad
+    assert MatmulGradConv2d(128, 128, 3, padding=1, bias=False).matmul_weight_grad
+    for conv in (
+        MatmulGradConv2d(64, 256, 3, padding=1),  # below MIN_CHANNELS: oneDNN is faster there
+        MatmulGradConv2d(256, 3, 3, padding=1),
+        MatmulGradConv2d(128, 128, 1),
+        MatmulGradConv2d(128, 128, 3, stride=2, padding=1),
+        MatmulGradConv2d(128, 128, 3, padding=2, dilation=2),
+        MatmulGradConv2d(128, 128, 3, padding=1, groups=2),
+        MatmulGradConv2d(128, 128, 3, padding=1, padding_mode="reflect"),
+    ):
+        assert not conv.matmul_weight_grad
+    # same parameters and state-dict keys as nn.Conv2d (checkpoints and the diffusers converter)
+    plain_keys = torch.nn.Conv2d(128, 128, 3, padding=1).state_dict().keys()
+    assert MatmulGradConv2d(128, 128, 3, padding=1).state_dict().keys() == plain_keys
+
+
+def _twin_convs(bias=True, channels_last=True):
+    fast = MatmulGradConv2d(128, 128, 3, padding=1, bias=bias)
+    plain = torch.nn.Conv2d(128, 128, 3, padding=1, bias=bias)
+    plain.load_state_dict(fast.state_dict())
+    if channels_last:
+        fast, plain = fast.to(memory_format=torch.channels_last), plain.to(memory_format=torch.channels_last)
+    return fast, plain
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+def test_matmul_grad_conv_matches_nn_conv2d(channels_last, bias):
+    fast, plain = _twin_convs(bias, channels_last)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(2, 128, 6, 5).contiguous(memory_format=fmt)
+    gy = torch.randn(2, 128, 6, 5)
+    xs = [x.clone().requires_grad_() for _ in range(2)]
+    y_fast, y_plain = fast(xs[0]), plain(xs[1])
+    assert type(y_fast.grad_fn).__name__.startswith("_Conv3x3MatmulGrad")  # the fast path was taken
+    torch.testing.assert_close(y_fast, y_plain, rtol=0, atol=0)  # the forward is the same oneDNN call
+    y_fast.backward(gy)
+    y_plain.backward(gy)
+    torch.testing.assert_close(xs[0].grad, xs[1].grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast.weight.grad, plain.weight.grad, rtol=1e-4, atol=1e-4)
+    # gradients arrive in the weight's own memory layout (no copy by AccumulateGrad, same as nn.Conv2d)
+    assert fast.weight.grad.stride() == fast.weight.stride()
+    if bias:
+        torch.testing.assert_close(fast.bias.grad, plain.bias.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_matmul_grad_conv_without_input_grad_and_plain_paths():
+    fast, plain = _twin_convs()
+    x = torch.randn(1, 128, 4, 4)
+    fast(x).sum().backward()  # x needs no gradient: only weight and bias get one
+    plain(x).sum().backward()
+    torch.testing.assert_close(fast.weight.grad, plain.weight.grad, rtol=1e-4, atol=1e-4)
+    # inference, frozen weights and other dtypes take nn.Conv2d's own path
+    with torch.no_grad():
+        assert fast(x).grad_fn is None
+    fast.weight.requires_grad_(False)
+    assert not type(fast(x.requires_grad_()).grad_fn).__name__.startswith("_Conv3x3MatmulGrad")
+    fast.weight.requires_grad_(True)
+    y = fast.double()(x.detach().double().requires_grad_())
+    assert not type(y.grad_fn).__name__.startswith("_Conv3x3MatmulGrad")
