@@ -97,11 +97,10 @@ def matmul_ceiling(n: int = 2048, repeats: int = 7, warmup: int = 2) -> float:
     return 2 * n**3 / t / 1e9
 
 
-def paired_runs(fn, flops: int, repeats: int, warmup: int = 1) -> tuple[float, float, float]:
+def paired_runs(fn, repeats: int, warmup: int = 1) -> tuple[list[float], list[float]]:
     """Time ``fn`` ``repeats`` times, each run right after a short ceiling sample.
 
-    Returns the median seconds, the median paired ceiling and the median of the per-run fractions
-    (achieved GFLOP/s / the ceiling measured just before that run).
+    Returns the seconds of every run and the ceiling (GFLOP/s) sampled just before it.
     """
     for _ in range(warmup):
         fn()
@@ -111,8 +110,7 @@ def paired_runs(fn, flops: int, repeats: int, warmup: int = 1) -> tuple[float, f
         start = time.perf_counter()
         fn()
         secs.append(time.perf_counter() - start)
-    fracs = [flops / sec / 1e9 / c for sec, c in zip(secs, ceilings, strict=True)]
-    return statistics.median(secs), statistics.median(ceilings), statistics.median(fracs)
+    return secs, ceilings
 
 
 class Case:
@@ -232,8 +230,10 @@ def main(argv=None):
                 case.model = compiled
             for mode in modes:
                 # The machine is shared: every timed run is divided by a ceiling sampled just before it.
-                sec, ceiling, frac = paired_runs(
-                    lambda case=case, mode=mode: case.run(mode), flops[mode], repeats, warmup=1
+                run_secs, run_ceilings = paired_runs(lambda case=case, mode=mode: case.run(mode), repeats, warmup=1)
+                sec, ceiling = statistics.median(run_secs), statistics.median(run_ceilings)
+                frac = statistics.median(
+                    flops[mode] / s / 1e9 / c for s, c in zip(run_secs, run_ceilings, strict=True)
                 )
                 ceilings.append(ceiling)
                 gflops = flops[mode] / sec / 1e9
@@ -248,6 +248,8 @@ def main(argv=None):
                     gflop_per_s=gflops,
                     ceiling_gflop_per_s=ceiling,
                     frac_of_ceiling=frac,
+                    run_seconds=run_secs,
+                    run_ceilings_gflop_per_s=run_ceilings,
                 )
                 rows.append(row)
                 print(
