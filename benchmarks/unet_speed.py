@@ -17,8 +17,10 @@ matmul with the same thread count. The machine may be shared and its speed drift
 before it: "frac" is the median over the runs of achieved / paired ceiling, and the row's "ceiling" is
 the median of its paired samples.
 
-Rows with ``impl=diffusers`` run diffusers' ``UNet2DModel`` built from the same architecture (the
-config our exporter writes), when diffusers is installed.
+Rows with ``impl=ours-onednn-wgrad`` run our network with every convolution's weight gradient left to
+oneDNN (``MatmulGradConv2d`` off), for an A/B of that path in one run. Rows with ``impl=diffusers`` run
+diffusers' ``UNet2DModel`` built from the same architecture (the config our exporter writes), when
+diffusers is installed.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from ddpmkit.networks import UNet, maybe_compile, unet_preset  # noqa: E402
 from ddpmkit.networks.convert_diffusers import unet_config_to_diffusers  # noqa: E402
+from ddpmkit.networks.layers import MatmulGradConv2d  # noqa: E402
 
 aten = torch.ops.aten
 
@@ -171,6 +174,12 @@ def build(impl: str, preset: str):
     if impl == "ours-nchw":
         cfg = unet_preset(preset, channels_last=False)
         return UNet(cfg), cfg, False
+    if impl == "ours-onednn-wgrad":  # ours without MatmulGradConv2d's weight-gradient path (A/B)
+        model = UNet(cfg)
+        for m in model.modules():
+            if isinstance(m, MatmulGradConv2d):
+                m.matmul_weight_grad = False
+        return model, cfg, False
     if impl == "diffusers":
         from diffusers import UNet2DModel
 
@@ -188,7 +197,9 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="3 repeats")
     p.add_argument("--compile", action="store_true", help="add torch.compile rows (falls back if unavailable)")
-    p.add_argument("--impl", nargs="*", default=None, help="ours ours-nchw diffusers (default: ours diffusers)")
+    p.add_argument(
+        "--impl", nargs="*", default=None, help="ours ours-nchw ours-onednn-wgrad diffusers (default: ours diffusers)"
+    )
     p.add_argument("--preset", nargs="*", default=None, help="subset of the presets")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "unet_speed.json"))
     args = p.parse_args(argv)
@@ -209,7 +220,7 @@ def main(argv=None):
     ceilings = [matmul_ceiling()]
     rows = []
     header = (
-        f"{'model':14} {'impl':13} {'mode':5} {'batch':>5} {'img/s':>8} {'GFLOP/img':>9} {'GFLOP/s':>8} {'frac':>5}"
+        f"{'model':14} {'impl':17} {'mode':5} {'batch':>5} {'img/s':>8} {'GFLOP/img':>9} {'GFLOP/s':>8} {'frac':>5}"
     )
     print(f"threads={args.threads} repeats={repeats} matmul ceiling {ceilings[0]:.1f} GFLOP/s (start)")
     print(header)
@@ -253,7 +264,7 @@ def main(argv=None):
                 )
                 rows.append(row)
                 print(
-                    f"{preset:14} {impl:13} {mode:5} {batch:5d} {batch / sec:8.1f} "
+                    f"{preset:14} {impl:17} {mode:5} {batch:5d} {batch / sec:8.1f} "
                     f"{row['gflop_per_img']:9.2f} {gflops:8.1f} {frac:5.2f}",
                     flush=True,
                 )

@@ -260,7 +260,9 @@ def test_matmul_grad_conv_matches_nn_conv2d(channels_last, bias):
 def test_matmul_grad_conv_without_input_grad_and_plain_paths():
     fast, plain = _twin_convs()
     x = torch.randn(1, 128, 4, 4)
-    fast(x).sum().backward()  # x needs no gradient: only weight and bias get one
+    y = fast(x)  # x needs no gradient: only weight and bias get one
+    assert type(y.grad_fn).__name__.startswith("_Conv3x3MatmulGrad")
+    y.sum().backward()
     plain(x).sum().backward()
     torch.testing.assert_close(fast.weight.grad, plain.weight.grad, rtol=1e-4, atol=1e-4)
     # inference, frozen weights and other dtypes take nn.Conv2d's own path
