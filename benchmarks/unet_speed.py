@@ -17,8 +17,16 @@ matmul with the same thread count. The machine may be shared and its speed drift
 before it: "frac" is the median over the runs of achieved / paired ceiling, and the row's "ceiling" is
 the median of its paired samples.
 
+FLOPs are *model* FLOPs: those of the architecture as the papers and diffusers compute it, in particular
+each Upsample as nearest-neighbour doubling followed by a 3x3 convolution. Our ``Upsample`` computes the
+same function as one stride-2 transposed convolution with 2.25x fewer multiply-adds
+(``layers.nearest_upsample_conv``), so our model FLOPs are counted with that path switched off; the FLOPs
+it really executes are kept as ``executed_gflop_per_img`` ("exec" column). With model FLOPs, fractions of
+different implementations compare as their img/s do (like "model FLOPs utilization").
+
 Rows with ``impl=ours-onednn-wgrad`` run our network with every convolution's weight gradient left to
-oneDNN (``MatmulGradConv2d`` off), for an A/B of that path in one run. Rows with ``impl=diffusers`` run
+oneDNN (``MatmulGradConv2d`` off), and rows with ``impl=ours-interp-upsample`` run it with every Upsample
+as interpolation + 3x3 convolution, for A/Bs of those paths in one run. Rows with ``impl=diffusers`` run
 diffusers' ``UNet2DModel`` built from the same architecture (the config our exporter writes), when
 diffusers is installed.
 """
@@ -43,7 +51,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from ddpmkit.networks import UNet, maybe_compile, unet_preset  # noqa: E402
 from ddpmkit.networks.convert_diffusers import unet_config_to_diffusers  # noqa: E402
-from ddpmkit.networks.layers import MatmulGradConv2d  # noqa: E402
+from ddpmkit.networks.layers import MatmulGradConv2d, Upsample  # noqa: E402
 
 aten = torch.ops.aten
 
@@ -147,13 +155,23 @@ class Case:
         self.model.train(mode == "train")
         return self.train_step() if mode == "train" else self.infer()
 
-    def flops(self, mode: str) -> int:
+    def flops(self, mode: str, *, model_flops: bool = True) -> int:
+        """FLOPs of one run: the model's (every Upsample as interpolation + 3x3 conv), or those executed."""
         self.model.train(mode == "train")
-        with FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS) as counter:
-            if mode == "train":
-                F.mse_loss(self.forward(), self.target).backward()
-            else:
-                self.infer()
+        upsamples = [m for m in self.model.modules() if isinstance(m, Upsample)]
+        saved = [m.as_transposed_conv for m in upsamples]
+        if model_flops:
+            for m in upsamples:
+                m.as_transposed_conv = False
+        try:
+            with FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS) as counter:
+                if mode == "train":
+                    F.mse_loss(self.forward(), self.target).backward()
+                else:
+                    self.infer()
+        finally:
+            for m, on in zip(upsamples, saved, strict=True):
+                m.as_transposed_conv = on
         self.opt.zero_grad(set_to_none=True)
         return counter.get_total_flops()
 
@@ -180,6 +198,12 @@ def build(impl: str, preset: str):
             if isinstance(m, MatmulGradConv2d):
                 m.matmul_weight_grad = False
         return model, cfg, False
+    if impl == "ours-interp-upsample":  # ours with every Upsample as interpolation + 3x3 conv (A/B)
+        model = UNet(cfg)
+        for m in model.modules():
+            if isinstance(m, Upsample):
+                m.as_transposed_conv = False
+        return model, cfg, False
     if impl == "diffusers":
         from diffusers import UNet2DModel
 
@@ -198,7 +222,10 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="3 repeats")
     p.add_argument("--compile", action="store_true", help="add torch.compile rows (falls back if unavailable)")
     p.add_argument(
-        "--impl", nargs="*", default=None, help="ours ours-nchw ours-onednn-wgrad diffusers (default: ours diffusers)"
+        "--impl",
+        nargs="*",
+        default=None,
+        help="ours ours-nchw ours-onednn-wgrad ours-interp-upsample diffusers (default: ours diffusers)",
     )
     p.add_argument("--preset", nargs="*", default=None, help="subset of the presets")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "unet_speed.json"))
@@ -220,7 +247,8 @@ def main(argv=None):
     ceilings = [matmul_ceiling()]
     rows = []
     header = (
-        f"{'model':14} {'impl':17} {'mode':5} {'batch':>5} {'img/s':>8} {'GFLOP/img':>9} {'GFLOP/s':>8} {'frac':>5}"
+        f"{'model':14} {'impl':20} {'mode':5} {'batch':>5} {'img/s':>8} {'GFLOP/img':>9} {'exec':>6} "
+        f"{'GFLOP/s':>8} {'frac':>5}"
     )
     print(f"threads={args.threads} repeats={repeats} matmul ceiling {ceilings[0]:.1f} GFLOP/s (start)")
     print(header)
@@ -233,6 +261,7 @@ def main(argv=None):
             model, cfg, is_diff = build(base_impl, preset)
             case = Case(model, cfg, batch, is_diffusers=is_diff)
             flops = {m: case.flops(m) for m in modes}
+            executed = {m: case.flops(m, model_flops=False) for m in modes}
             if impl == "ours+compile":
                 compiled = maybe_compile(model, example_inputs=(case.x, case.t))
                 if compiled is model:
@@ -256,6 +285,7 @@ def main(argv=None):
                     img_per_s=batch / sec,
                     seconds=sec,
                     gflop_per_img=flops[mode] / batch / 1e9,
+                    executed_gflop_per_img=executed[mode] / batch / 1e9,
                     gflop_per_s=gflops,
                     ceiling_gflop_per_s=ceiling,
                     frac_of_ceiling=frac,
@@ -264,8 +294,8 @@ def main(argv=None):
                 )
                 rows.append(row)
                 print(
-                    f"{preset:14} {impl:17} {mode:5} {batch:5d} {batch / sec:8.1f} "
-                    f"{row['gflop_per_img']:9.2f} {gflops:8.1f} {frac:5.2f}",
+                    f"{preset:14} {impl:20} {mode:5} {batch:5d} {batch / sec:8.1f} "
+                    f"{row['gflop_per_img']:9.2f} {row['executed_gflop_per_img']:6.2f} {gflops:8.1f} {frac:5.2f}",
                     flush=True,
                 )
             del case, model
@@ -294,12 +324,16 @@ def main(argv=None):
 
 def print_table(rows, ceiling):
     print()
-    print("| model | impl | mode | batch | img/s | GFLOP/img | GFLOP/s | ceiling GFLOP/s | frac of ceiling |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| model | impl | mode | batch | img/s | model GFLOP/img | executed GFLOP/img | model GFLOP/s "
+        "| ceiling GFLOP/s | frac of ceiling |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
             f"| {r['model']} | {r['impl']} | {r['mode']} | {r['batch']} | {r['img_per_s']:.1f} | "
-            f"{r['gflop_per_img']:.2f} | {r['gflop_per_s']:.1f} | {r['ceiling_gflop_per_s']:.1f} | "
+            f"{r['gflop_per_img']:.2f} | {r['executed_gflop_per_img']:.2f} | {r['gflop_per_s']:.1f} | "
+            f"{r['ceiling_gflop_per_s']:.1f} | "
             f"{r['frac_of_ceiling']:.2f} |"
         )
     print(f"\nfp32 matmul ceiling (median over the run): {ceiling:.1f} GFLOP/s")

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ddpmkit.networks import layers
 from ddpmkit.networks.layers import (
     AttentionBlock,
     Downsample,
@@ -14,6 +15,8 @@ from ddpmkit.networks.layers import (
     ResBlock,
     Upsample,
     conv3x3_weight_grad,
+    nearest_upsample_conv,
+    nearest_upsample_conv_kernel,
     timestep_embedding,
 )
 
@@ -126,11 +129,79 @@ def test_downsample_modes():
         Downsample(4, "strided")
 
 
-def test_upsample_is_nearest_then_conv():
-    up = Upsample(4)
-    x = torch.randn(1, 4, 3, 3)
-    expected = up.conv(x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3))
-    torch.testing.assert_close(up(x), expected)
+def _nearest_then_conv(x, weight, bias):
+    """The written definition: repeat every pixel 2x2, then a 3x3 convolution with zero padding 1."""
+    up = x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    return F.conv2d(up, weight, bias, padding=1)
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 3, 3), (2, 3, 5, 7), (3, 2, 1, 4), (2, 5, 8, 6)])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+def test_nearest_upsample_conv_equals_nearest_then_conv(shape, channels_last, bias):
+    """The transposed convolution with kernel T w T^T is the same function as repeat-then-conv, and has
+    the same gradients with respect to x, the 3x3 weight and the bias (float64, to rounding)."""
+    g = torch.Generator().manual_seed(1)
+    c_in, c_out = shape[1], 6
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    w = torch.randn(c_out, c_in, 3, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(c_out, generator=g, dtype=torch.float64) if bias else None
+    if channels_last:
+        x, w = x.to(memory_format=torch.channels_last), w.to(memory_format=torch.channels_last)
+    grad = torch.randn(shape[0], c_out, 2 * shape[2], 2 * shape[3], generator=g, dtype=torch.float64)
+    results = []
+    for fn in (_nearest_then_conv, nearest_upsample_conv):
+        leaves = [t.detach().clone().requires_grad_() for t in (x, w) + ((b,) if bias else ())]
+        out = fn(leaves[0], leaves[1], leaves[2] if bias else None)
+        out.backward(grad)
+        results.append([out.detach()] + [t.grad for t in leaves])
+    assert results[1][0].shape == (shape[0], c_out, 2 * shape[2], 2 * shape[3])
+    for got, want in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    if channels_last and shape[1] > 1:
+        assert results[1][0].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_nearest_upsample_kernel_is_the_summed_taps():
+    """One axis: K = [w2, w1 + w2, w0 + w1, w0]; in 2-D the outer product of that rule on both axes."""
+    w = torch.arange(9, dtype=torch.float64).view(1, 1, 3, 3) + 1  # w[kh, kw] = 3 kh + kw + 1
+    k = nearest_upsample_conv_kernel(w)[0, 0]
+    taps = [[2], [1, 2], [0, 1], [0]]
+    expected = torch.tensor([[sum(w[0, 0, r, c] for r in rows for c in cols) for cols in taps] for rows in taps])
+    torch.testing.assert_close(k, expected, rtol=0, atol=0)
+    assert nearest_upsample_conv_kernel(torch.randn(5, 3, 3, 3)).shape == (3, 5, 4, 4)
+    with pytest.raises(ValueError, match="3x3"):
+        nearest_upsample_conv_kernel(torch.randn(2, 2, 1, 1))
+
+
+def test_nearest_upsample_conv_passes_gradcheck():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 3, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 3, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(nearest_upsample_conv, (x, w, b))
+
+
+def test_upsample_takes_the_transposed_path_from_min_pixels(monkeypatch):
+    """Both paths compute nearest-then-conv; the transposed one is taken from MIN_PIXELS (batch x height
+    x width) up, never with as_transposed_conv=False; parameters are the 3x3 conv's either way."""
+    calls = []
+    real = layers.nearest_upsample_conv
+    monkeypatch.setattr(layers, "nearest_upsample_conv", lambda *a: calls.append(1) or real(*a))
+    up = _randomize(Upsample(4))
+    assert [k for k, _ in up.named_parameters()] == ["conv.weight", "conv.bias"]
+    small = torch.randn(1, 4, 3, 3)  # 9 pixels
+    large = torch.randn(4, 4, 8, 8)  # 256 pixels = MIN_PIXELS
+    assert Upsample.MIN_PIXELS == 256
+    for x, transposed in ((small, False), (large, True)):
+        calls.clear()
+        want = _nearest_then_conv(x, up.conv.weight, up.conv.bias)
+        torch.testing.assert_close(up(x), want, rtol=1e-5, atol=1e-5)
+        assert calls == ([1] if transposed else [])
+    up.as_transposed_conv = False
+    calls.clear()
+    torch.testing.assert_close(up(large), _nearest_then_conv(large, up.conv.weight, up.conv.bias))
+    assert calls == []
 
 
 @pytest.mark.parametrize("p", [0.1, 0.3, 0.5])

@@ -12,7 +12,8 @@ Paper mapping (Ho et al. 2020, Appendix B; Nichol & Dhariwal 2021, Section 3/App
   "scale-shift norm", ``GN(h) * (1 + s) + b``).
 * :class:`AttentionBlock` - the PixelCNN++-style self-attention at chosen resolutions.
 * :class:`Downsample` / :class:`Upsample` - stride-2 convolution (or average pooling) and
-  nearest-neighbour doubling followed by a 3x3 convolution.
+  nearest-neighbour doubling followed by a 3x3 convolution (computed as one transposed convolution,
+  :func:`nearest_upsample_conv`).
 * :class:`Dropout` - dropout whose CPU masks come from 15-bit random integers (torch's per-element
   Bernoulli draws cost more than the rest of a ResBlock's element-wise work on CPU).
 * :class:`MatmulGradConv2d` - ``nn.Conv2d`` whose wide 3x3 convolutions compute their CPU weight gradient
@@ -40,6 +41,8 @@ __all__ = [
     "AttentionBlock",
     "Downsample",
     "Upsample",
+    "nearest_upsample_conv",
+    "nearest_upsample_conv_kernel",
     "zero_",
     "DOWNSAMPLE_MODES",
 ]
@@ -356,12 +359,52 @@ class Downsample(nn.Module):
         return self.conv(x)
 
 
+# Nearest-neighbour doubling followed by a 3x3 convolution (padding 1), one axis at a time: output row 2m
+# reads upsampled rows 2m-1, 2m, 2m+1, i.e. input rows m-1 (tap 0) and m (taps 1 and 2); output row 2m+1
+# reads input rows m (taps 0 and 1) and m+1 (tap 2).  That is a stride-2 transposed convolution (padding
+# 1) whose 4-tap kernel is [w2, w1 + w2, w0 + w1, w0] = NEAREST_UP_TAPS @ [w0, w1, w2].
+NEAREST_UP_TAPS = ((0.0, 0.0, 1.0), (0.0, 1.0, 1.0), (1.0, 1.0, 0.0), (1.0, 0.0, 0.0))
+
+
+def nearest_upsample_conv_kernel(weight: torch.Tensor) -> torch.Tensor:
+    """The ``conv_transpose2d`` kernel ``(C_in, C_out, 4, 4)`` equal to nearest x2 upsampling followed by
+    the 3x3 convolution ``weight`` ``(C_out, C_in, 3, 3)``: ``K[i, o] = T @ weight[o, i] @ T^T`` with
+    ``T = NEAREST_UP_TAPS``.  Differentiable; keeps ``weight``'s memory format."""
+    if weight.shape[-2:] != (3, 3):
+        raise ValueError(f"expected a 3x3 convolution weight, got shape {tuple(weight.shape)}")
+    taps = weight.new_tensor(NEAREST_UP_TAPS)
+    kernel = torch.einsum("pk,oikl,ql->iopq", taps, weight, taps)
+    if weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
+        kernel = kernel.contiguous(memory_format=torch.channels_last)
+    return kernel
+
+
+def nearest_upsample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``conv2d(interpolate(x, scale_factor=2, mode="nearest"), weight, bias, padding=1)`` computed as one
+    stride-2 transposed convolution with a 4x4 kernel: the same function (equal up to rounding) with
+    16 instead of 36 multiply-adds per input pixel and channel pair, and no upsampled copy of ``x``."""
+    return F.conv_transpose2d(x, nearest_upsample_conv_kernel(weight), bias, stride=2, padding=1)
+
+
 class Upsample(nn.Module):
-    """Double the resolution: nearest-neighbour interpolation, then a 3x3 convolution."""
+    """Double the resolution: nearest-neighbour interpolation, then a 3x3 convolution.
+
+    The parameters are those of the 3x3 convolution (``conv.weight``, ``conv.bias``), as in the papers'
+    code and diffusers.  When the input has at least :attr:`MIN_PIXELS` pixels (batch x height x width),
+    the forward pass is :func:`nearest_upsample_conv`, the same function as one transposed convolution
+    with 2.25x fewer multiply-adds (about 2x faster on CPU for the U-Nets' shapes, forward and backward);
+    below that, oneDNN's transposed convolution is slower than the two plain steps, which are used instead.
+    ``as_transposed_conv = False`` always takes the plain steps.
+    """
+
+    MIN_PIXELS = 256
 
     def __init__(self, ch: int):
         super().__init__()
         self.conv = MatmulGradConv2d(ch, ch, 3, padding=1)
+        self.as_transposed_conv = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.as_transposed_conv and x.ndim == 4 and x.numel() // x.shape[1] >= self.MIN_PIXELS:
+            return nearest_upsample_conv(x, self.conv.weight, self.conv.bias)
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
