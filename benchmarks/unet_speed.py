@@ -25,8 +25,9 @@ it really executes are kept as ``executed_gflop_per_img`` ("exec" column). With 
 different implementations compare as their img/s do (like "model FLOPs utilization").
 
 Rows with ``impl=ours-onednn-wgrad`` run our network with every convolution's weight gradient left to
-oneDNN (``MatmulGradConv2d`` off), and rows with ``impl=ours-interp-upsample`` run it with every Upsample
-as interpolation + 3x3 convolution, for A/Bs of those paths in one run. Rows with ``impl=diffusers`` run
+oneDNN (``MatmulGradConv2d`` off), rows with ``impl=ours-interp-upsample`` run it with every Upsample
+as interpolation + 3x3 convolution, and ``impl=ours-torch-groupnorm`` with torch's GroupNorm kernel
+everywhere, for A/Bs of those paths in one run. Rows with ``impl=diffusers`` run
 diffusers' ``UNet2DModel`` built from the same architecture (the config our exporter writes), when
 diffusers is installed.
 """
@@ -51,7 +52,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from ddpmkit.networks import UNet, maybe_compile, unet_preset  # noqa: E402
 from ddpmkit.networks.convert_diffusers import unet_config_to_diffusers  # noqa: E402
-from ddpmkit.networks.layers import MatmulGradConv2d, Upsample  # noqa: E402
+from ddpmkit.networks.layers import GroupNorm, MatmulGradConv2d, Upsample  # noqa: E402
 
 aten = torch.ops.aten
 
@@ -204,6 +205,12 @@ def build(impl: str, preset: str):
             if isinstance(m, Upsample):
                 m.as_transposed_conv = False
         return model, cfg, False
+    if impl == "ours-torch-groupnorm":  # ours with torch's GroupNorm kernel everywhere (A/B)
+        model = UNet(cfg)
+        for m in model.modules():
+            if isinstance(m, GroupNorm):
+                m.channels_last_sums = False
+        return model, cfg, False
     if impl == "diffusers":
         from diffusers import UNet2DModel
 
@@ -225,7 +232,8 @@ def main(argv=None):
         "--impl",
         nargs="*",
         default=None,
-        help="ours ours-nchw ours-onednn-wgrad ours-interp-upsample diffusers (default: ours diffusers)",
+        help="ours ours-nchw ours-onednn-wgrad ours-interp-upsample ours-torch-groupnorm diffusers "
+        "(default: ours diffusers)",
     )
     p.add_argument("--preset", nargs="*", default=None, help="subset of the presets")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "unet_speed.json"))

@@ -11,9 +11,11 @@ from ddpmkit.networks.layers import (
     AttentionBlock,
     Downsample,
     Dropout,
+    GroupNorm,
     MatmulGradConv2d,
     ResBlock,
     Upsample,
+    _GroupNormChannelsLast,
     conv3x3_weight_grad,
     nearest_upsample_conv,
     nearest_upsample_conv_kernel,
@@ -344,3 +346,87 @@ def test_matmul_grad_conv_without_input_grad_and_plain_paths():
     fast.weight.requires_grad_(True)
     y = fast.double()(x.detach().double().requires_grad_())
     assert not type(y.grad_fn).__name__.startswith("_Conv3x3MatmulGrad")
+
+
+def _group_norm_results(fn, x, w, b, grad):
+    leaves = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    out = fn(*leaves)
+    out.backward(grad)
+    return [out.detach()] + [t.grad for t in leaves]
+
+
+@pytest.mark.parametrize(
+    "shape,groups", [((2, 8, 5, 7), 2), ((3, 12, 4, 4), 3), ((2, 6, 3, 5), 6), ((1, 32, 6, 6), 8), ((4, 5, 1, 1), 1)]
+)
+@pytest.mark.parametrize("grad_channels_last", [True, False])
+def test_channels_last_group_norm_equals_torch(shape, groups, grad_channels_last):
+    """Output and the gradients of x, weight and bias equal torch's GroupNorm (float64, to rounding),
+    also for inputs far from zero mean, one channel a group, one position, and a grad not channels_last."""
+    g = torch.Generator().manual_seed(3)
+    c = shape[1]
+    x = (torch.randn(shape, generator=g, dtype=torch.float64) * 3 + 20).to(memory_format=torch.channels_last)
+    w = torch.randn(c, generator=g, dtype=torch.float64)
+    b = torch.randn(c, generator=g, dtype=torch.float64)
+    grad = torch.randn(shape, generator=g, dtype=torch.float64)
+    if grad_channels_last:
+        grad = grad.to(memory_format=torch.channels_last)
+    want = _group_norm_results(lambda x, w, b: F.group_norm(x, groups, w, b, 1e-6), x, w, b, grad)
+    got = _group_norm_results(lambda x, w, b: _GroupNormChannelsLast.apply(x, w, b, groups, 1e-6), x, w, b, grad)
+    for a, e in zip(got, want, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-9)
+    if shape[2] * shape[3] > 1:
+        assert got[0].is_contiguous(memory_format=torch.channels_last)
+        assert got[1].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_channels_last_group_norm_passes_gradcheck():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 12, 3, 4, generator=g, dtype=torch.float64).to(memory_format=torch.channels_last)
+    w = torch.randn(12, generator=g, dtype=torch.float64)
+    b = torch.randn(12, generator=g, dtype=torch.float64)
+    args = [t.requires_grad_() for t in (x, w, b)]
+    assert torch.autograd.gradcheck(lambda x, w, b: _GroupNormChannelsLast.apply(x, w, b, 3, 1e-6), args)
+
+
+def test_group_norm_fast_path_selection(monkeypatch):
+    """The sums path is taken only for affine, narrow (<= MAX_CHANNELS), group size not a multiple of 8,
+    large enough (>= MIN_POSITIONS), float32/64 channels_last CPU inputs; the result is torch's either way."""
+    calls = []
+    real = _GroupNormChannelsLast.apply
+    monkeypatch.setattr(_GroupNormChannelsLast, "apply", lambda *a: calls.append(1) or real(*a))
+    cl = torch.channels_last
+    big = torch.randn(8, 32, 28, 28).to(memory_format=cl)  # 6272 positions
+    cases = [
+        (GroupNorm(8, 32), big, True),  # 4 channels a group
+        (GroupNorm(8, 96), torch.randn(8, 96, 28, 28).to(memory_format=cl), True),  # 12 a group
+        (GroupNorm(4, 32), big, False),  # 8 a group: torch's kernel is fast
+        (GroupNorm(32, 128), torch.randn(8, 128, 28, 28).to(memory_format=cl), False),  # wider than MAX_CHANNELS
+        (GroupNorm(8, 32, affine=False), big, False),
+        (GroupNorm(8, 32), big.contiguous(), False),  # NCHW
+        (GroupNorm(8, 32), torch.randn(4, 32, 8, 8).to(memory_format=cl), False),  # 256 positions
+        (GroupNorm(8, 32).double(), big.double(), True),
+        (GroupNorm(8, 32).half(), big.half(), False),
+    ]
+    assert GroupNorm.MAX_CHANNELS == 96 and GroupNorm.MIN_POSITIONS <= 6272
+    for norm, x, fast in cases:
+        if norm.affine:
+            _randomize(norm)
+        calls.clear()
+        out = norm(x)
+        assert calls == ([1] if fast else []), (norm, x.shape, x.dtype)
+        if x.dtype != torch.half:
+            want = F.group_norm(x.contiguous(), norm.num_groups, norm.weight, norm.bias, norm.eps)
+            torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-4)
+    assert list(GroupNorm(8, 32).state_dict()) == list(torch.nn.GroupNorm(8, 32).state_dict())
+
+
+def test_group_norm_fast_path_with_frozen_affine_and_no_grad():
+    norm = _randomize(GroupNorm(8, 32)).requires_grad_(False)
+    x = torch.randn(8, 32, 28, 28).to(memory_format=torch.channels_last).requires_grad_()
+    norm(x).square().sum().backward()
+    assert norm.weight.grad is None and norm.bias.grad is None
+    ref = x.detach().contiguous().requires_grad_()
+    F.group_norm(ref, 8, norm.weight, norm.bias, norm.eps).square().sum().backward()
+    torch.testing.assert_close(x.grad, ref.grad, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        torch.testing.assert_close(norm(x), F.group_norm(ref, 8, norm.weight, norm.bias, norm.eps))

@@ -16,6 +16,7 @@ Paper mapping (Ho et al. 2020, Appendix B; Nichol & Dhariwal 2021, Section 3/App
   :func:`nearest_upsample_conv`).
 * :class:`Dropout` - dropout whose CPU masks come from 15-bit random integers (torch's per-element
   Bernoulli draws cost more than the rest of a ResBlock's element-wise work on CPU).
+* :class:`GroupNorm` - ``nn.GroupNorm`` with a faster CPU path for narrow channels_last inputs.
 * :class:`MatmulGradConv2d` - ``nn.Conv2d`` whose wide 3x3 convolutions compute their CPU weight gradient
   as three matrix products (oneDNN's weight-gradient kernel runs well below its forward speed on CPU).
 
@@ -33,6 +34,7 @@ from torch import nn
 
 __all__ = [
     "Dropout",
+    "GroupNorm",
     "MatmulGradConv2d",
     "conv3x3_weight_grad",
     "timestep_embedding",
@@ -249,6 +251,101 @@ class MatmulGradConv2d(nn.Conv2d):
         return super().forward(x)
 
 
+class _GroupNormChannelsLast(torch.autograd.Function):
+    """``F.group_norm`` of a channels_last ``(B, C, H, W)`` tensor from per-channel sums.
+
+    Over the ``(B, H*W, C)`` view of channels_last memory, a sum over positions is a sum of contiguous
+    rows, which runs at memory speed whatever the number of channels a group.  Forward: group means,
+    then the variance from the centred values (two passes, like the NCHW kernel's accuracy), then
+    ``y = (x - mean) * (weight * rstd) + bias``.  Backward, with ``db = sum(dy)`` and ``ds = sum(dy * x)``
+    per sample and channel: ``dx = (weight * rstd) * dy + a * x + c`` with per-group ``a``, ``c`` from
+    ``db``, ``ds``, ``mean``, ``rstd`` (the NCHW kernel's closed form); ``dweight``, ``dbias`` from the same sums.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, groups, eps):
+        b, c, hgt, wid = x.shape
+        per = c // groups
+        n = hgt * wid * per
+        v = x.permute(0, 2, 3, 1).reshape(b, hgt * wid, c)  # a view: x is channels_last
+        mean = v.sum(1).view(b, groups, per).sum(2).div_(n)  # (B, G)
+        centred = v - mean.repeat_interleave(per, 1).unsqueeze(1)
+        var = torch.linalg.vecdot(centred, centred, dim=1).view(b, groups, per).sum(2).div_(n)
+        rstd = var.add_(eps).rsqrt_()
+        y = torch.addcmul(bias, centred, (weight * rstd.repeat_interleave(per, 1)).unsqueeze(1))
+        ctx.save_for_backward(x, mean, rstd, weight)
+        ctx.groups = groups
+        return y.view(b, hgt, wid, c).permute(0, 3, 1, 2)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y):
+        x, mean, rstd, weight = ctx.saved_tensors
+        b, c, hgt, wid = x.shape
+        groups = ctx.groups
+        per = c // groups
+        n = hgt * wid * per
+        v = x.permute(0, 2, 3, 1).reshape(b, hgt * wid, c)
+        gv = grad_y.permute(0, 2, 3, 1).reshape(b, hgt * wid, c)  # copies only if grad_y is not channels_last
+        db = gv.sum(1)  # (B, C)
+        ds = torch.linalg.vecdot(gv, v, dim=1)  # (B, C)
+        mean_c, rstd_c = mean.repeat_interleave(per, 1), rstd.repeat_interleave(per, 1)
+        s1 = (weight * db).view(b, groups, per).sum(2)  # (B, G)
+        s2 = (weight * ds).view(b, groups, per).sum(2)
+        coef_x = (s2 - mean * s1).mul_(rstd.pow(3)).div_(-n)
+        const = (rstd * s1).div_(-n).sub_(coef_x * mean)
+        per_c = [t.repeat_interleave(per, 1).unsqueeze(1) for t in (coef_x, const)]
+        grad_x = torch.addcmul(per_c[1], v, per_c[0]).addcmul_(gv, (weight * rstd_c).unsqueeze(1))
+        grad_x = grad_x.view(b, hgt, wid, c).permute(0, 3, 1, 2)
+        _, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_w = ((ds - mean_c * db) * rstd_c).sum(0) if need_w else None
+        grad_b = db.sum(0) if need_b else None
+        return grad_x, grad_w, grad_b, None, None
+
+
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` (same parameters, same state dict) with a faster CPU path for channels_last inputs.
+
+    torch's channels_last GroupNorm kernel is several times slower than its NCHW one when a group's
+    channel count is not a multiple of 8 on narrow layers (measured here at 32 channels in 8 groups, 28x28:
+    forward 3-6 ms against 0.7 ms NCHW, backward alike), and converting to NCHW and back costs more than
+    it saves.  For affine GroupNorms with at most :attr:`MAX_CHANNELS` channels and a group size that is
+    not a multiple of 8, float32/float64 channels_last CPU inputs with at least :attr:`MIN_POSITIONS`
+    positions (batch x height x width) therefore go through :class:`_GroupNormChannelsLast` (1.2-2.9x
+    faster forward + backward at those shapes; 0.3-0.7x at 8 or 16 channels a group, and slower below
+    about 5000 positions, where its dozen small ops cost more than the kernel saves - hence the rule).
+    Everything else - NCHW, CUDA, autocast, ``torch.compile`` - is plain ``nn.GroupNorm``.  The fast
+    backward is not differentiable again.
+    """
+
+    MAX_CHANNELS = 96
+    MIN_POSITIONS = 6000  # measured crossover: 0.94x at 4096 positions, 1.2-1.3x at 6272
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        per = self.num_channels // self.num_groups
+        self.channels_last_sums = self.affine and per % 8 != 0 and self.num_channels <= self.MAX_CHANNELS
+
+    def _fast_path(self, x: torch.Tensor) -> bool:
+        return (
+            self.channels_last_sums
+            and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.float64)
+            and x.dtype == self.weight.dtype
+            and x.ndim == 4
+            and x.numel() // x.shape[1] >= self.MIN_POSITIONS
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and not x.is_contiguous()
+            and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._fast_path(x):
+            return _GroupNormChannelsLast.apply(x, self.weight, self.bias, self.num_groups, self.eps)
+        return super().forward(x)
+
+
 class ResBlock(nn.Module):
     """Residual block of the DDPM U-Net.
 
@@ -279,10 +376,10 @@ class ResBlock(nn.Module):
     ):
         super().__init__()
         self.scale_shift_norm = scale_shift_norm
-        self.norm1 = nn.GroupNorm(norm_groups, in_ch, eps=norm_eps)
+        self.norm1 = GroupNorm(norm_groups, in_ch, eps=norm_eps)
         self.conv1 = MatmulGradConv2d(in_ch, out_ch, 3, padding=1)
         self.temb_proj = nn.Linear(temb_dim, out_ch * (2 if scale_shift_norm else 1))
-        self.norm2 = nn.GroupNorm(norm_groups, out_ch, eps=norm_eps)
+        self.norm2 = GroupNorm(norm_groups, out_ch, eps=norm_eps)
         self.dropout = Dropout(dropout)
         self.conv2 = zero_(MatmulGradConv2d(out_ch, out_ch, 3, padding=1))
         if in_ch == out_ch:
@@ -319,7 +416,7 @@ class AttentionBlock(nn.Module):
         if ch % num_heads:
             raise ValueError(f"attention channels {ch} are not divisible by num_heads={num_heads}")
         self.num_heads = num_heads
-        self.norm = nn.GroupNorm(norm_groups, ch, eps=norm_eps)
+        self.norm = GroupNorm(norm_groups, ch, eps=norm_eps)
         self.qkv = nn.Linear(ch, 3 * ch)
         self.proj = zero_(nn.Linear(ch, ch))
 

@@ -34,6 +34,7 @@ from .layers import (
     DOWNSAMPLE_MODES,
     AttentionBlock,
     Downsample,
+    GroupNorm,
     ResBlock,
     TimeMLP,
     Upsample,
@@ -293,7 +294,7 @@ class UNet(nn.Module):
             self.up.append(Level(resnets, attns, Upsample(cur) if i > 0 else None))
         assert not skip_chans
 
-        self.norm_out = nn.GroupNorm(cfg.norm_groups, cur, eps=cfg.norm_eps)
+        self.norm_out = GroupNorm(cfg.norm_groups, cur, eps=cfg.norm_eps)
         self.conv_out = nn.Conv2d(cur, cfg.out_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
