@@ -256,7 +256,7 @@ class _GroupNormChannelsLast(torch.autograd.Function):
 
     Over the ``(B, H*W, C)`` view of channels_last memory, a sum over positions is a sum of contiguous
     rows, which runs at memory speed whatever the number of channels a group.  Forward: group means,
-    then the variance from the centred values (two passes, like the NCHW kernel's accuracy), then
+    then the variance from the centred values (two passes, so a large mean costs no accuracy), then
     ``y = (x - mean) * (weight * rstd) + bias``.  Backward, with ``db = sum(dy)`` and ``ds = sum(dy * x)``
     per sample and channel: ``dx = (weight * rstd) * dy + a * x + c`` with per-group ``a``, ``c`` from
     ``db``, ``ds``, ``mean``, ``rstd`` (the NCHW kernel's closed form); ``dweight``, ``dbias`` from the same sums.
