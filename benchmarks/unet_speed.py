@@ -159,11 +159,7 @@ class Case:
     def flops(self, mode: str, *, model_flops: bool = True) -> int:
         """FLOPs of one run: the model's (every Upsample as interpolation + 3x3 conv), or those executed."""
         self.model.train(mode == "train")
-        upsamples = [m for m in self.model.modules() if isinstance(m, Upsample)]
-        saved = [m.as_transposed_conv for m in upsamples]
-        if model_flops:
-            for m in upsamples:
-                m.as_transposed_conv = False
+        saved = set_path(self.model, Upsample, "as_transposed_conv", False) if model_flops else None
         try:
             with FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS) as counter:
                 if mode == "train":
@@ -171,8 +167,8 @@ class Case:
                 else:
                     self.infer()
         finally:
-            for m, on in zip(upsamples, saved, strict=True):
-                m.as_transposed_conv = on
+            if saved is not None:
+                set_path(self.model, Upsample, "as_transposed_conv", saved)
         self.opt.zero_grad(set_to_none=True)
         return counter.get_total_flops()
 
@@ -185,6 +181,25 @@ def make_adamw(model):
         return torch.optim.AdamW(model.parameters(), lr=1e-4)
 
 
+# impl -> (module class, attribute of the fast path it switches off)
+PATHS_OFF = {
+    "ours-onednn-wgrad": (MatmulGradConv2d, "matmul_weight_grad"),  # weight gradients left to oneDNN
+    "ours-interp-upsample": (Upsample, "as_transposed_conv"),  # Upsample as interpolation + 3x3 conv
+    "ours-torch-groupnorm": (GroupNorm, "channels_last_sums"),  # torch's GroupNorm kernel everywhere
+}
+
+
+def set_path(model, cls, attr: str, on) -> list:
+    """Set ``attr`` of every ``cls`` module of ``model`` to ``on`` (a bool, or one value per module, in
+    ``modules()`` order); returns the previous values in that order."""
+    mods = [m for m in model.modules() if isinstance(m, cls)]
+    values = on if isinstance(on, list) else [on] * len(mods)
+    previous = [getattr(m, attr) for m in mods]
+    for m, v in zip(mods, values, strict=True):
+        setattr(m, attr, v)
+    return previous
+
+
 def build(impl: str, preset: str):
     cfg = unet_preset(preset)
     torch.manual_seed(0)
@@ -193,23 +208,9 @@ def build(impl: str, preset: str):
     if impl == "ours-nchw":
         cfg = unet_preset(preset, channels_last=False)
         return UNet(cfg), cfg, False
-    if impl == "ours-onednn-wgrad":  # ours without MatmulGradConv2d's weight-gradient path (A/B)
+    if impl in PATHS_OFF:  # ours with one fast path switched off (A/B)
         model = UNet(cfg)
-        for m in model.modules():
-            if isinstance(m, MatmulGradConv2d):
-                m.matmul_weight_grad = False
-        return model, cfg, False
-    if impl == "ours-interp-upsample":  # ours with every Upsample as interpolation + 3x3 conv (A/B)
-        model = UNet(cfg)
-        for m in model.modules():
-            if isinstance(m, Upsample):
-                m.as_transposed_conv = False
-        return model, cfg, False
-    if impl == "ours-torch-groupnorm":  # ours with torch's GroupNorm kernel everywhere (A/B)
-        model = UNet(cfg)
-        for m in model.modules():
-            if isinstance(m, GroupNorm):
-                m.channels_last_sums = False
+        set_path(model, *PATHS_OFF[impl], False)
         return model, cfg, False
     if impl == "diffusers":
         from diffusers import UNet2DModel

@@ -178,6 +178,16 @@ def conv3x3_weight_grad(grad_out: torch.Tensor, x: torch.Tensor) -> tuple[torch.
     return prod.view(3, 3, c_in, c_out).permute(3, 2, 0, 1), g.sum(0)
 
 
+def _eager_cpu_4d(x: torch.Tensor) -> bool:
+    """What every CPU fast path here needs: a 4-D CPU tensor, no autocast, not inside torch.compile."""
+    return (
+        x.device.type == "cpu"
+        and x.ndim == 4
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
+    )
+
+
 class _Conv3x3MatmulGrad(torch.autograd.Function):
     """``F.conv2d(x, w, b, padding=1)`` with oneDNN's input gradient and :func:`conv3x3_weight_grad`."""
 
@@ -238,11 +248,8 @@ class MatmulGradConv2d(nn.Conv2d):
             self.matmul_weight_grad
             and torch.is_grad_enabled()
             and self.weight.requires_grad
-            and x.device.type == "cpu"
             and x.dtype == self.weight.dtype == torch.float32
-            and x.ndim == 4
-            and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling()
+            and _eager_cpu_4d(x)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -329,15 +336,12 @@ class GroupNorm(nn.GroupNorm):
     def _fast_path(self, x: torch.Tensor) -> bool:
         return (
             self.channels_last_sums
-            and x.device.type == "cpu"
             and x.dtype in (torch.float32, torch.float64)
             and x.dtype == self.weight.dtype
-            and x.ndim == 4
+            and _eager_cpu_4d(x)
             and x.numel() // x.shape[1] >= self.MIN_POSITIONS
             and x.is_contiguous(memory_format=torch.channels_last)
             and not x.is_contiguous()
-            and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling()
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
