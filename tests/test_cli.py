@@ -89,8 +89,8 @@ def test_info_and_forward_and_plot(tiny_run, tmp_path, capsys):
 
 
 def test_export_writes_ema_only_copy_that_samples_identically(tiny_run, tmp_path, capsys):
+    from ddpmkit.checkpoint import find_checkpoint
     from ddpmkit.runs import load_run
-    from ddpmkit.training.checkpoint import find_checkpoint
 
     out = tmp_path / "slim"
     assert main(["export", str(tiny_run), "--out", str(out)]) == 0

@@ -7,26 +7,10 @@ import json
 import sys
 from pathlib import Path
 
+from .argtypes import int_list, positive_int, sampler_options
 from .errors import TrainingDiverged, UserError
 
 EPILOG = "Run `ddpmkit COMMAND --help` for the options of each command."
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
-    return v
 
 
 # --- commands -------------------------------------------------------------------------------
@@ -59,40 +43,31 @@ def cmd_sample(args) -> int:
 
     from . import viz
     from .runs import generate, load_run
+    from .samplers import default_steps
 
     run = load_run(args.checkpoint, device=args.device, use_ema=not args.no_ema)
-    shape = _item_shape(run)
+    if args.trajectory and not run.is_image:
+        raise UserError("--trajectory draws images; this model generates points")
     recorder = None
     if args.trajectory:
         recorder = viz.TrajectoryRecorder(args.trajectory)
-    steps = args.steps
-    if steps is None and args.sampler != "ddpm":
-        steps = min(50, run.process.num_timesteps)
-    x = generate(run.model, run.process, args.n, shape, sampler=args.sampler, steps=steps, eta=args.eta,
-                 seed=args.seed, y=args.class_label, guidance=args.guidance,
-                 clip_x0=not args.no_clip and len(shape) == 3, spacing=args.spacing,
-                 batch_size=args.batch_size, callback=recorder, progress=not args.no_progress, device=args.device)
+    steps = args.steps or default_steps(args.sampler, run.process.num_timesteps)
+    x = generate(run.model, run.process, args.n, run.item_shape, sampler=args.sampler, steps=steps,
+                 seed=args.seed, y=args.class_label, guidance=args.guidance, clip_x0=not args.no_clip and run.is_image,
+                 spacing=args.spacing, batch_size=args.batch_size, callback=recorder,
+                 progress=not args.no_progress, device=args.device, **sampler_options(args))
     out = Path(args.out)
-    _write_samples(x, "image" if len(shape) == 3 else "points", out)
-    print(f"wrote {out} ({args.n} samples, sampler {args.sampler}, steps {steps or run.process.num_timesteps})")
+    _write_samples(x, "image" if run.is_image else "points", out)
+    print(f"wrote {out} ({args.n} samples, sampler {args.sampler}, steps {steps})")
     if args.npy:
         np.save(args.npy, x.numpy())
         print(f"wrote {args.npy} (float32 in [-1, 1], shape {tuple(x.shape)})")
     if recorder is not None:
         traj_out = Path(args.trajectory_out or out.with_name(out.stem + "_trajectory.png"))
         snaps = [(t, xt[: args.trajectory_n], x0[: args.trajectory_n]) for t, xt, x0 in recorder.snapshots]
-        if len(shape) != 3:
-            raise UserError("--trajectory draws images; this model generates points")
         viz.save_trajectory(snaps, traj_out)
         print(f"wrote {traj_out} (x_t and predicted x0 at t = {', '.join(str(s[0]) for s in snaps)})")
     return 0
-
-
-def _item_shape(run) -> tuple[int, ...]:
-    net = run.checkpoint.network
-    if net.get("kind") == "mlp":
-        return (int(net["dim"]),)
-    return (int(net["in_channels"]), int(net["image_size"]), int(net["image_size"]))
 
 
 def cmd_forward(args) -> int:
@@ -174,8 +149,8 @@ def cmd_info(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from .checkpoint import export_checkpoint
     from .runs import resolve_checkpoint_path
-    from .training.checkpoint import export_checkpoint
 
     out = export_checkpoint(resolve_checkpoint_path(args.run), args.out, use_ema=not args.raw, force=args.force)
     size = sum(f.stat().st_size for f in out.iterdir())
@@ -210,6 +185,7 @@ def cmd_demo(args) -> int:
 # --- parser ---------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
+    from .evaluation.cli import add_eval_parser
     from .samplers import SAMPLERS, SPACINGS
 
     p = argparse.ArgumentParser(
@@ -225,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value (TOML literal), e.g. --set train.lr=1e-4; repeatable")
     t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in run.out_dir")
-    t.add_argument("--max-steps", type=_positive_int, default=None,
+    t.add_argument("--max-steps", type=positive_int, default=None,
                    help="train at most this many more steps in this invocation (the run's end stays train.steps)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
@@ -236,13 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", required=True, help="run directory, checkpoint directory or pretrained:NAME")
     s.add_argument("--sampler", choices=list(SAMPLERS), default="ddim",
                    help="ddpm (ancestral, respaced when --steps < T), ddim, dpm++ (DPM-Solver++ 2M) or heun")
-    s.add_argument("--steps", type=_positive_int, default=None,
+    s.add_argument("--steps", type=positive_int, default=None,
                    help="time steps to visit (default: all T for ddpm, min(50, T) otherwise)")
-    s.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like noise")
+    s.add_argument("--eta", type=float, default=None,
+                   help="DDIM eta: 0 deterministic (default), 1 DDPM-like noise; only for --sampler ddim")
     s.add_argument("--spacing", choices=list(SPACINGS), default=None,
                    help="time steps a sampler visits when --steps < T (default: the sampler's own: uniform "
                         "for ddpm/ddim, logsnr for dpm++, karras for heun)")
-    s.add_argument("-n", type=_positive_int, default=100, help="number of samples (default 100)")
+    s.add_argument("-n", type=positive_int, default=100, help="number of samples (default 100)")
     s.add_argument("--seed", type=int, default=0, help="random seed; same seed, same samples")
     s.add_argument("--class", dest="class_label", type=int, default=None, help="class label (conditional models)")
     s.add_argument("--guidance", type=float, default=None,
@@ -250,11 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "conditional")
     s.add_argument("--out", required=True, help="output PNG")
     s.add_argument("--npy", default=None, help="also save the samples as a .npy array in [-1, 1]")
-    s.add_argument("--trajectory", type=_int_list, default=None, metavar="T1,T2,...",
+    s.add_argument("--trajectory", type=int_list, default=None, metavar="T1,T2,...",
                    help="also draw x_t and the predicted x0 at these time indices, e.g. 999,750,500,250,0")
     s.add_argument("--trajectory-out", default=None, help="trajectory PNG (default: OUT_trajectory.png)")
-    s.add_argument("--trajectory-n", type=_positive_int, default=8, help="samples shown in the trajectory")
-    s.add_argument("--batch-size", type=_positive_int, default=256, help="samples per network batch")
+    s.add_argument("--trajectory-n", type=positive_int, default=8, help="samples shown in the trajectory")
+    s.add_argument("--batch-size", type=positive_int, default=256, help="samples per network batch")
     s.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     s.add_argument("--no-clip", action="store_true",
                    help="do not clip the predicted x0 to [-1, 1] (points are never clipped)")
@@ -268,10 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--checkpoint", default=None,
                    help="take the process (and, without --image, the first training image) from this run")
     f.add_argument("--index", type=int, default=0, help="training image index when no --image is given")
-    f.add_argument("--steps", type=_int_list, default=None, metavar="T1,T2,...",
+    f.add_argument("--steps", type=int_list, default=None, metavar="T1,T2,...",
                    help="time indices to show (default: 0 and evenly spaced up to T-1)")
     f.add_argument("--schedule", default="linear", help="beta schedule without --checkpoint (default linear)")
-    f.add_argument("--timesteps", type=_positive_int, default=1000, help="T without --checkpoint (default 1000)")
+    f.add_argument("--timesteps", type=positive_int, default=1000, help="T without --checkpoint (default 1000)")
     f.add_argument("--seed", type=int, default=0, help="noise seed")
     f.add_argument("--out", required=True, help="output PNG")
     f.set_defaults(func=cmd_forward)
@@ -297,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("what", choices=["loss", "schedules"])
     pl.add_argument("run", nargs="?", default=None, help="run directory (for loss)")
     pl.add_argument("--out", required=True, help="output PNG")
-    pl.add_argument("--timesteps", type=_positive_int, default=1000, help="T for schedule plots")
+    pl.add_argument("--timesteps", type=positive_int, default=1000, help="T for schedule plots")
     pl.set_defaults(func=cmd_plot)
 
     d = sub.add_parser("demo", help="train the digits demo and write pictures",
@@ -305,16 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "samples.png, trajectory.png, forward.png and loss.png.")
     d.add_argument("--out", default="demo", help="output directory (default demo/)")
     d.add_argument("--config", default=None, help="config (default: the built-in digits config)")
-    d.add_argument("--steps", type=_positive_int, default=None, help="override train.steps")
+    d.add_argument("--steps", type=positive_int, default=None, help="override train.steps")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_demo)
 
-    try:
-        from .evaluation.cli import add_eval_parser
-    except ImportError:
-        pass
-    else:
-        add_eval_parser(sub)
+    add_eval_parser(sub)
     return p
 
 

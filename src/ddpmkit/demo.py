@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import find_checkpoint
 from .config import load_config
 from .errors import UserError
-from .training.checkpoint import find_checkpoint
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "digits.toml"
 
@@ -37,8 +37,7 @@ def run_demo(out: Path, *, config: str | None = None, steps: int | None = None, 
         print(f"{run_dir} is already trained ({done} steps); drawing the pictures again")
 
     run = load_run(run_dir)
-    item = (run.checkpoint.network["in_channels"], run.checkpoint.network["image_size"],
-            run.checkpoint.network["image_size"])
+    item = run.item_shape
     T = run.process.num_timesteps
     paths = {}
     x = generate(run.model, run.process, 100, item, sampler="ddpm", steps=None, seed=0, progress=progress)

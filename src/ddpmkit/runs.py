@@ -12,13 +12,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .checkpoint import Checkpoint, load_checkpoint
 from .config import Config, DiffusionSection, config_from_dict
 from .diffusion import GaussianDiffusion
 from .errors import UserError
 from .networks.factory import build_network, config_to_dict, network_config
 from .networks.factory import config_from_dict as network_from_dict
-from .samplers import get_sampler, sampling_process
-from .training.checkpoint import Checkpoint, load_checkpoint
+from .samplers import default_steps, sample, sampling_process
 
 
 def build_process(d: DiffusionSection, device: torch.device | str = "cpu") -> GaussianDiffusion:
@@ -70,13 +70,50 @@ def build_model(network: dict, seed: int | None = None) -> nn.Module:
         raise UserError(f"cannot build the network: {e}") from None
 
 
+def derive_seed(seed: int, offset: int) -> int:
+    """The one way a run's seed is mixed with a position (a batch start, a training step and
+    stream): a distinct 63-bit seed per (seed, offset)."""
+    return (int(seed) * 1_000_003 + int(offset)) % (2**63 - 1)
+
+
+def item_shape_of(network: dict) -> tuple[int, ...]:
+    """The shape of one item a stored network config generates: (C, H, W) or (dim,)."""
+    if network.get("kind") == "mlp":
+        return (int(network["dim"]),)
+    return (int(network["in_channels"]), int(network["image_size"]), int(network["image_size"]))
+
+
+def balanced_labels(n: int, num_classes: int | None):
+    """Labels 0, 1, ..., K-1, 0, 1, ... for n samples (None for an unconditional model)."""
+    return None if num_classes is None else torch.arange(n) % int(num_classes)
+
+
 @dataclass
 class LoadedRun:
+    """A checkpoint rebuilt for use, and the owner of the facts about its model."""
+
     config: Config
     process: GaussianDiffusion
     model: nn.Module          # EMA weights when the checkpoint has them (use_ema=True)
     checkpoint: Checkpoint
     uses_ema: bool
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        return item_shape_of(self.checkpoint.network)
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.item_shape) == 3
+
+    @property
+    def num_classes(self) -> int | None:
+        """K for a class-conditional model (labels 0..K-1, K = null), None for an unconditional one."""
+        n = self.checkpoint.network.get("num_classes")
+        return None if n is None else int(n)
+
+    def balanced_labels(self, n: int):
+        return balanced_labels(n, self.num_classes)
 
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
@@ -124,23 +161,19 @@ def model_fn_of(model: nn.Module):
 
 @torch.no_grad()
 def generate(model: nn.Module, process: GaussianDiffusion, n: int, item_shape: tuple[int, ...], *,
-             sampler: str = "ddim", steps: int | None = 50, eta: float = 0.0, seed: int = 0,
+             sampler: str = "ddim", steps: int | None = None, seed: int = 0,
              y: int | torch.Tensor | None = None, guidance: float | None = None, clip_x0: bool = True,
              spacing: str | None = None, batch_size: int = 256, callback=None, progress: bool = False,
-             device: str | torch.device = "cpu") -> torch.Tensor:
-    """``n`` samples in model range.  Sample i depends only on (seed, i): the initial noise is drawn
-    for all n at once from one generator, so the batch size changes nothing for deterministic
-    samplers (ancestral samplers draw per-batch noise from a generator seeded by (seed, batch)).
-    ``spacing`` None keeps the sampler's own default (see ``sampling_timesteps``).
+             device: str | torch.device = "cpu", **options) -> torch.Tensor:
+    """``n`` samples in model range.  The initial noise is drawn for all n at once from one generator
+    seeded by ``seed``, so the batch size changes nothing for deterministic samplers (ancestral
+    samplers draw per-batch noise from a generator seeded by (seed, batch start)).  The noise does
+    depend on n: torch draws large normal tensors in a different order than small ones.
+    ``steps`` None is the sampler's default (``samplers.default_steps``), ``spacing`` None its own;
+    ``options`` are the sampler's own (``eta`` for ddim, ``order`` for dpm++), others are an error.
     ``callback(step, t, x_t, x0_pred)`` is passed to the sampler for every batch."""
-    fn = get_sampler(sampler)
-    kwargs = {"steps": steps, "clip_x0": clip_x0, "progress": progress}
-    if sampler == "ddim":
-        kwargs["eta"] = eta
-    if spacing is not None:
-        kwargs["spacing"] = spacing
-    if steps is not None and steps == process.num_timesteps:
-        kwargs["steps"] = None
+    if steps is None:
+        steps = default_steps(sampler, process.num_timesteps)
     g = torch.Generator().manual_seed(seed)
     x_T = torch.randn((n, *item_shape), generator=g)
     model_fn = model_fn_of(model)
@@ -154,11 +187,12 @@ def generate(model: nn.Module, process: GaussianDiffusion, n: int, item_shape: t
         yb = None
         if labels is not None:
             yb = (labels.expand(b) if labels.numel() == 1 else labels[start:start + b]).to(device)
-        gen = torch.Generator(device=torch.device(device)).manual_seed(seed * 1_000_003 + start)
-        outs.append(fn(model_fn, process, xb, generator=gen, callback=callback, guidance=guidance, y=yb,
-                       **kwargs).cpu())
+        gen = torch.Generator(device=torch.device(device)).manual_seed(derive_seed(seed, start))
+        outs.append(sample(sampler, model_fn, process, xb, steps=steps, spacing=spacing, generator=gen,
+                           clip_x0=clip_x0, guidance=guidance, y=yb, callback=callback, progress=progress,
+                           **options).cpu())
     return torch.cat(outs)
 
 
 __all__ = ["build_process", "resolve_network_config", "build_model", "load_run", "generate", "LoadedRun",
-           "model_fn_of", "sampling_process"]
+           "balanced_labels", "derive_seed", "item_shape_of", "model_fn_of", "sampling_process"]

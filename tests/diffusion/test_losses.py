@@ -7,6 +7,7 @@ from scipy.stats import norm
 
 from ddpmkit import GaussianDiffusion
 from ddpmkit.diffusion import losses
+from ddpmkit.diffusion import parameterization as P
 from ddpmkit.testing.gaussian_data import LEVELS, QuantisedGaussian
 
 
@@ -106,7 +107,8 @@ def test_simple_loss_targets_for_each_prediction():
     t = torch.tensor([0, 3, 50, 500, 999])
     for prediction in ("eps", "x0", "v"):
         proc = GaussianDiffusion.from_schedule("cosine", 1000, prediction=prediction).double()
-        target = {"eps": noise, "x0": x0, "v": proc.v_from_x0_eps(x0, noise, t)}[prediction]
+        a, s = proc.extract(proc.sqrt_alphas_cumprod, t, x0), proc.extract(proc.sqrt_one_minus_alphas_cumprod, t, x0)
+        target = {"eps": noise, "x0": x0, "v": P.v_from_x0_eps(x0, noise, a, s)}[prediction]
         assert torch.all(losses.simple_loss(proc, target, x0, t, noise) == 0)
         torch.testing.assert_close(losses.simple_loss(proc, target + 0.5, x0, t, noise), torch.full((5,), 0.25,
                                    dtype=torch.float64))

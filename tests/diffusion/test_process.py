@@ -9,6 +9,7 @@ from ddpmkit import GaussianDiffusion
 from ddpmkit.diffusion import parameterization as P
 from ddpmkit.diffusion import schedules
 from ddpmkit.diffusion.losses import prior_bpd, vlb_term
+from ddpmkit.diffusion.process import model_output_to_prediction
 
 
 @pytest.fixture(scope="module")
@@ -100,11 +101,11 @@ def test_round_trips_eps_x0_v(t, x, e, schedule):
     xt = proc.q_sample(x0, tt, eps)
     a = proc.extract(proc.sqrt_alphas_cumprod, tt, xt)
     s = proc.extract(proc.sqrt_one_minus_alphas_cumprod, tt, xt)
-    x0_back = proc.x0_from_eps(xt, tt, eps)
+    x0_back = P.x0_from_eps(xt, eps, a, s)
     # x0 = (x_t - s eps) / a loses precision where a is tiny: compare on the x_t scale.
     torch.testing.assert_close(a * x0_back, a * x0, rtol=0, atol=1e-9)
-    torch.testing.assert_close(proc.eps_from_x0(xt, tt, x0), eps, rtol=0, atol=1e-9 / s.min().item())
-    v = proc.v_from_x0_eps(x0, eps, tt)
+    torch.testing.assert_close(P.eps_from_x0(xt, x0, a, s), eps, rtol=0, atol=1e-9 / s.min().item())
+    v = P.v_from_x0_eps(x0, eps, a, s)
     torch.testing.assert_close(P.x0_from_v(xt, v, a, s), x0, rtol=0, atol=1e-9)
     torch.testing.assert_close(P.eps_from_v(xt, v, a, s), eps, rtol=0, atol=1e-9)
 
@@ -127,8 +128,10 @@ def test_all_predictions_agree_given_the_truth(proc):
     eps = torch.randn(6, 2, 4, 4, generator=g, dtype=torch.float64)
     t = torch.tensor([0, 1, 10, 200, 700, 999])
     xt = proc.q_sample(x0, t, eps)
-    outs = {"eps": eps, "x0": x0, "v": proc.v_from_x0_eps(x0, eps, t)}
-    preds = {k: P.model_output_to_prediction(proc, o, xt, t, prediction=k) for k, o in outs.items()}
+    a = proc.extract(proc.sqrt_alphas_cumprod, t, xt)
+    s = proc.extract(proc.sqrt_one_minus_alphas_cumprod, t, xt)
+    outs = {"eps": eps, "x0": x0, "v": P.v_from_x0_eps(x0, eps, a, s)}
+    preds = {k: model_output_to_prediction(proc, o, xt, t, prediction=k) for k, o in outs.items()}
     for k in ("x0", "v"):
         for field in ("x0", "eps", "mean", "log_var"):
             torch.testing.assert_close(getattr(preds[k], field), getattr(preds["eps"], field),
@@ -141,13 +144,13 @@ def test_variance_types(proc):
     t = torch.tensor([0, 5, 999])
     eps = torch.randn(3, 2, dtype=torch.float64)
     small = proc.p_mean_variance(eps, xt, t).log_var
-    large = P.model_output_to_prediction(proc, eps, xt, t, variance="fixed_large").log_var
+    large = model_output_to_prediction(proc, eps, xt, t, variance="fixed_large").log_var
     torch.testing.assert_close(small[:, 0], proc.posterior_log_variance_clipped[t])
     torch.testing.assert_close(large[1:, 0], proc.betas[t[1:]].log())
     torch.testing.assert_close(large[0, 0], proc.posterior_variance[1].log())
     for v, expected in ((-1.0, small), (1.0, torch.log(proc.betas[t]).view(-1, 1).expand(3, 2))):
         out = torch.cat([eps, torch.full_like(eps, v)], 1)
-        got = P.model_output_to_prediction(proc, out, xt, t, variance="learned_range").log_var
+        got = model_output_to_prediction(proc, out, xt, t, variance="learned_range").log_var
         torch.testing.assert_close(got, expected)
 
 

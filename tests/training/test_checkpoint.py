@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from ddpmkit.training.checkpoint import Checkpoint, find_checkpoint, load_checkpoint, save_checkpoint
+from ddpmkit.checkpoint import Checkpoint, find_checkpoint, load_checkpoint, save_checkpoint
 
 
 def _ckpt(step, size=10):
@@ -72,7 +72,7 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 
 WRITER = """
 import sys, torch
-from ddpmkit.training.checkpoint import Checkpoint, save_checkpoint
+from ddpmkit.checkpoint import Checkpoint, save_checkpoint
 run = sys.argv[1]
 step = 0
 while True:

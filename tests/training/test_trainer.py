@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from ddpmkit.checkpoint import load_checkpoint
 from ddpmkit.config import load_config
 from ddpmkit.errors import TrainingDiverged, UserError
 from ddpmkit.testing.tiny import TINY_UNET, tiny_overrides
 from ddpmkit.testing.tiny import toy_overrides as toy_sets
-from ddpmkit.training.checkpoint import load_checkpoint
 from ddpmkit.training.trainer import Trainer, train
 
 ROOT = Path(__file__).resolve().parents[2]

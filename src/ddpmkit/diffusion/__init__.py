@@ -1,8 +1,8 @@
 """The Gaussian diffusion process: schedules, the process, parameterizations, losses, timesteps."""
 
 from . import losses, parameterization, schedules, timesteps
-from .parameterization import Prediction, model_output_to_prediction
-from .process import GaussianDiffusion
+from .parameterization import Prediction
+from .process import GaussianDiffusion, model_output_to_prediction
 from .timesteps import LossSecondMomentSampler, UniformSampler, respace, respaced, space_timesteps
 
 __all__ = [

@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import torch
 
-from .parameterization import model_output_to_prediction, split_variance_output, training_target
-from .process import GaussianDiffusion
+from .parameterization import split_variance_output, training_target
+from .process import GaussianDiffusion, model_output_to_prediction
 
 LOG2 = math.log(2.0)
 HYBRID_LAMBDA = 1e-3

@@ -8,7 +8,7 @@ last latent x_T.  The process never holds a network and never loops over time: s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -66,8 +66,6 @@ class GaussianDiffusion(nn.Module):
             "sqrt_alphas_cumprod": np.sqrt(abar),
             "sqrt_one_minus_alphas_cumprod": np.sqrt(1.0 - abar),
             "log_one_minus_alphas_cumprod": np.log(1.0 - abar),
-            "sqrt_recip_alphas_cumprod": np.sqrt(1.0 / abar),
-            "sqrt_recipm1_alphas_cumprod": np.sqrt(1.0 / abar - 1.0),
             "sqrt_alphas": np.sqrt(alphas),
             "sqrt_betas": np.sqrt(betas),
             "log_betas": np.log(betas),
@@ -90,10 +88,6 @@ class GaussianDiffusion(nn.Module):
     def from_schedule(cls, schedule: str | Sequence[float], T: int | None = None, **kwargs) -> GaussianDiffusion:
         """``GaussianDiffusion.from_schedule('cosine', 4000, variance='learned_range')``."""
         return cls(get_betas(schedule, T), **kwargs)
-
-    @property
-    def T(self) -> int:
-        return self.num_timesteps
 
     def extra_repr(self) -> str:
         return f"T={self.num_timesteps}, prediction={self.prediction!r}, variance={self.variance!r}"
@@ -139,21 +133,23 @@ class GaussianDiffusion(nn.Module):
         log_var = self.extract(self.log_one_minus_alphas_cumprod, t, x0).expand_as(x0)
         return mean, var, log_var
 
+    def _scaled_plus_noise(self, scale: torch.Tensor, std: torch.Tensor, x: torch.Tensor, t,
+                           noise: torch.Tensor | None, generator: torch.Generator | None) -> torch.Tensor:
+        """scale[t] x + std[t] noise, with the noise drawn from ``generator`` when not given."""
+        t = self.check_t(t, x)
+        noise = _as_generator_noise(x, noise, generator)
+        return self.extract(scale, t, x) * x + self.extract(std, t, x) * noise
+
     def q_sample(self, x0: torch.Tensor, t, noise: torch.Tensor | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
         """Sample q(x_t | x0) in closed form: sqrt(abar_t) x0 + sqrt(1 - abar_t) eps."""
-        t = self.check_t(t, x0)
-        noise = _as_generator_noise(x0, noise, generator)
-        return (self.extract(self.sqrt_alphas_cumprod, t, x0) * x0
-                + self.extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise)
+        return self._scaled_plus_noise(self.sqrt_alphas_cumprod, self.sqrt_one_minus_alphas_cumprod, x0, t,
+                                       noise, generator)
 
     def q_step(self, x_prev: torch.Tensor, t, noise: torch.Tensor | None = None,
                generator: torch.Generator | None = None) -> torch.Tensor:
         """One forward step q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I); x_prev is x_{t-1}."""
-        t = self.check_t(t, x_prev)
-        noise = _as_generator_noise(x_prev, noise, generator)
-        return (self.extract(self.sqrt_alphas, t, x_prev) * x_prev
-                + self.extract(self.sqrt_betas, t, x_prev) * noise)
+        return self._scaled_plus_noise(self.sqrt_alphas, self.sqrt_betas, x_prev, t, noise, generator)
 
     def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x0) (Ho et al., eq. 6-7)."""
@@ -166,27 +162,53 @@ class GaussianDiffusion(nn.Module):
         log_var = self.extract(self.posterior_log_variance_clipped, t, x_t).expand_as(x_t)
         return mean, var, log_var
 
-    # --- conversions at index t --------------------------------------------------------------
-    def x0_from_eps(self, x_t: torch.Tensor, t, eps: torch.Tensor) -> torch.Tensor:
-        t = self.check_t(t, x_t)
-        return (self.extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
-                - self.extract(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps)
-
-    def eps_from_x0(self, x_t: torch.Tensor, t, x0: torch.Tensor) -> torch.Tensor:
-        t = self.check_t(t, x_t)
-        return P.eps_from_x0(x_t, x0, self.extract(self.sqrt_alphas_cumprod, t, x_t),
-                             self.extract(self.sqrt_one_minus_alphas_cumprod, t, x_t))
-
-    def v_from_x0_eps(self, x0: torch.Tensor, eps: torch.Tensor, t) -> torch.Tensor:
-        t = self.check_t(t, x0)
-        return P.v_from_x0_eps(x0, eps, self.extract(self.sqrt_alphas_cumprod, t, x0),
-                               self.extract(self.sqrt_one_minus_alphas_cumprod, t, x0))
-
     # --- reverse process ---------------------------------------------------------------------
     def p_mean_variance(self, model_output: torch.Tensor, x_t: torch.Tensor, t, *,
                         clip_x0=False) -> P.Prediction:
         """The one model-output adapter: (x0, eps, mean, log_var) of p(x_{t-1} | x_t)."""
-        return P.model_output_to_prediction(self, model_output, x_t, t, clip_x0=clip_x0)
+        return model_output_to_prediction(self, model_output, x_t, t, clip_x0=clip_x0)
 
-    def describe(self) -> dict:
-        return {"T": self.num_timesteps, "prediction": self.prediction, "variance": self.variance}
+
+# --- the model-output adapter -------------------------------------------------------------------
+
+def model_output_to_prediction(
+    process: GaussianDiffusion,
+    model_output: torch.Tensor,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    *,
+    clip_x0: bool | Callable[[torch.Tensor], torch.Tensor] = False,
+    prediction: str | None = None,
+    variance: str | None = None,
+) -> P.Prediction:
+    """Turn a network output into (x0, eps, mean, log_var) for the step at index ``t``.
+
+    ``prediction`` ('eps' | 'x0' | 'v') and ``variance`` ('fixed_small' | 'fixed_large' |
+    'learned_range') default to the process's own.  ``clip_x0`` clamps the predicted x0 to
+    [-1, 1] (or applies a callable); eps is then recomputed from the clipped x0 so that the pair
+    stays consistent (DDIM uses both).  The mean is the posterior mean q(x_{t-1} | x_t, x0_hat),
+    which for an eps prediction equals Ho et al.'s 1/sqrt(alpha_t) (x_t - beta_t/sqrt(1-abar_t) eps).
+    The process only looks up its coefficients at ``t``; the algebra is in :mod:`.parameterization`.
+    """
+    prediction = P.check_choice("prediction type", prediction or process.prediction, P.PREDICTIONS)
+    variance = P.check_choice("variance type", variance or process.variance, P.VARIANCES)
+    t = process.check_t(t, x_t)
+    out, v_raw = P.split_variance_output(model_output, x_t, variance)
+
+    alpha = process.extract(process.sqrt_alphas_cumprod, t, x_t)
+    sigma = process.extract(process.sqrt_one_minus_alphas_cumprod, t, x_t)
+    x0, eps = P.x0_eps_from_output(prediction, out, x_t, alpha, sigma)
+    if clip_x0:
+        x0 = clip_x0(x0) if callable(clip_x0) else x0.clamp(-1.0, 1.0)
+        eps = P.eps_from_x0(x_t, x0, alpha, sigma)
+
+    mean, _, _ = process.q_posterior(x0, x_t, t)
+
+    min_log = process.extract(process.posterior_log_variance_clipped, t, x_t)
+    if variance == "fixed_small":
+        log_var = min_log.expand_as(x_t)
+    elif variance == "fixed_large":
+        log_var = process.extract(process.log_betas_large, t, x_t).expand_as(x_t)
+    else:  # learned_range
+        log_var = P.learned_log_variance(v_raw, min_log, process.extract(process.log_betas, t, x_t))
+    return P.Prediction(x0=x0, eps=eps, mean=mean, log_var=log_var)

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..cli import _positive_int
+from ..argtypes import positive_int, sampler_options
 from ..errors import UserError
 
 
@@ -24,13 +24,6 @@ def _load(args):
     return run
 
 
-def _item_shape(run) -> tuple[int, ...]:
-    net = run.checkpoint.network
-    if net.get("kind") == "mlp":
-        return (int(net["dim"]),)
-    return (int(net["in_channels"]), int(net["image_size"]), int(net["image_size"]))
-
-
 def _eval_data(run, split: str, n: int | None, seed: int, data_dir: str | None = None):
     """The run's dataset (same name, size and channels as in training), ``split``, a seeded subset of ``n``."""
     from ..data import load_dataset
@@ -43,13 +36,9 @@ def _eval_data(run, split: str, n: int | None, seed: int, data_dir: str | None =
         raise UserError(str(e)) from None
     if data.kind != "image":
         raise UserError(f"bits/dim and rate-distortion need 8-bit image data; {d.name!r} holds continuous points")
-    if tuple(data.shape) != _item_shape(run):
-        raise UserError(f"the data have items of shape {data.shape} but the model takes {_item_shape(run)}")
+    if tuple(data.shape) != run.item_shape:
+        raise UserError(f"the data have items of shape {data.shape} but the model takes {run.item_shape}")
     return data
-
-
-def _conditional(run) -> bool:
-    return getattr(getattr(run.model, "config", None), "num_classes", None) is not None
 
 
 def _progress(args, total: int, desc: str):
@@ -78,16 +67,22 @@ def _describe_run(args, run) -> dict:
 
 # --- nll --------------------------------------------------------------------------------------
 
-def cmd_nll(args) -> int:
+def _nll_terms(args):
+    """The loaded run, its T and the per-term variational bound on the run's data (``args``' split/n)."""
     from ..runs import model_fn_of
     from .likelihood import dataset_batches, evaluate_nll
 
     run = _load(args)
     data = _eval_data(run, args.split, args.n, args.seed, args.data_dir)
     T = run.process.num_timesteps
-    batches = dataset_batches(data, None, args.batch_size, with_labels=_conditional(run))
+    batches = dataset_batches(data, None, args.batch_size, with_labels=run.num_classes is not None)
     res = evaluate_nll(model_fn_of(run.model), run.process, batches, seed=args.seed, device=args.device,
                        progress=_progress(args, T, "t"))
+    return run, T, res
+
+
+def cmd_nll(args) -> int:
+    run, T, res = _nll_terms(args)
     s = res.summary()
     info = _describe_run(args, run)
     print(f"bits/dim of the variational bound: {info['dataset']} {args.split} split, n = {res.n}, T = {T}, "
@@ -106,6 +101,7 @@ def cmd_nll(args) -> int:
 # --- fid --------------------------------------------------------------------------------------
 
 def cmd_fid(args) -> int:
+    from ..samplers import default_steps
     from .classifier import classifier_names
     from .features import get_feature_extractor
     from .fid import generate_for_fid, real_scores, sample_count_warning, score_features
@@ -113,7 +109,7 @@ def cmd_fid(args) -> int:
 
     run = _load(args)
     dataset = run.config.data.name
-    shape = _item_shape(run)
+    shape = run.item_shape
     kind = args.features or ("classifier" if (args.classifier or dataset) in classifier_names() else "inception")
     extractor = get_feature_extractor(kind, dataset, classifier=args.classifier,
                                       inception_weights=args.inception_weights, resize=args.resize)
@@ -134,11 +130,11 @@ def cmd_fid(args) -> int:
     ref_warning = sample_count_warning(len(ref.features), extractor.feature_dim, what="reference")
     if ref_warning:
         _warn(ref_warning)
-    steps = args.steps if args.steps is not None else (None if args.sampler == "ddpm" else 50)
-    x, seconds = generate_for_fid(run, args.n, shape, sampler=args.sampler, steps=steps, eta=args.eta,
-                                  seed=args.seed, guidance=args.guidance, clip_x0=not args.no_clip,
-                                  spacing=args.spacing, batch_size=args.batch_size,
-                                  progress=not args.no_progress, device=args.device)
+    steps = args.steps or default_steps(args.sampler, run.process.num_timesteps)
+    x, seconds = generate_for_fid(run, args.n, sampler=args.sampler, steps=steps, seed=args.seed,
+                                  guidance=args.guidance, clip_x0=not args.no_clip, spacing=args.spacing,
+                                  batch_size=args.batch_size, progress=not args.no_progress, device=args.device,
+                                  **sampler_options(args))
     if args.save_samples:
         from .. import viz
 
@@ -148,14 +144,15 @@ def cmd_fid(args) -> int:
     scores = score_features(ref.features, feats, logits, real_stats=(ref.mu, ref.sigma), k=args.k,
                             num_classes=getattr(extractor, "num_classes", None))
     scores.update(real_scores(ref, getattr(extractor, "num_classes", None)))
-    steps_used = steps or run.process.num_timesteps
-    info = {**_describe_run(args, run), "sampler": args.sampler, "steps": steps_used, "eta": args.eta,
+    steps_used = steps
+    eta = sampler_options(args).get("eta", 0.0) if args.sampler == "ddim" else None
+    info = {**_describe_run(args, run), "sampler": args.sampler, "steps": steps_used, "eta": eta,
             "spacing": args.spacing or "default", "clip_x0": not args.no_clip, "seed": args.seed, "n": args.n,
             "features": extractor.name, "feature_dim": extractor.feature_dim,
             "ref_split": args.ref_split, "ref_n": len(ref.features), "sampling_seconds": seconds,
             "seconds_per_image": seconds / args.n, "warning": warning}
     print(f"{args.sampler} {steps_used} steps"
-          + (f", eta {args.eta}" if args.sampler == "ddim" else "")
+          + (f", eta {eta}" if args.sampler == "ddim" else "")
           + (f", {args.spacing} spacing" if args.spacing else "") + (", x0 not clipped" if args.no_clip else "")
           + f": n = {args.n}, {seconds / args.n * 1000:.1f} ms/image")
     print(f"  FID        {scores['fid']:.3f}")
@@ -174,19 +171,11 @@ def cmd_fid(args) -> int:
 # --- rate-distortion --------------------------------------------------------------------------
 
 def cmd_rate_distortion(args) -> int:
-    import torch
-
     from .. import viz
-    from ..runs import generate, model_fn_of
-    from .likelihood import dataset_batches, evaluate_nll
+    from ..runs import generate
     from .rate_distortion import progressive_steps, rate_distortion_from_terms, table_rows, write_rate_distortion
 
-    run = _load(args)
-    data = _eval_data(run, args.split, args.n, args.seed, args.data_dir)
-    T = run.process.num_timesteps
-    batches = dataset_batches(data, None, args.batch_size, with_labels=_conditional(run))
-    res = evaluate_nll(model_fn_of(run.model), run.process, batches, seed=args.seed, device=args.device,
-                       progress=_progress(args, T, "t"))
+    run, T, res = _nll_terms(args)
     rd = rate_distortion_from_terms(res.vb_mean, float(res.prior.mean()), res.x0_mse_mean)
     summary = res.summary()
     meta = {**_describe_run(args, run), "split": args.split, "seed": args.seed,
@@ -200,11 +189,11 @@ def cmd_rate_distortion(args) -> int:
           "bits/dim")
     for p in paths.values():
         print(f"wrote {p}")
-    if len(_item_shape(run)) == 3 and args.columns > 0:
+    if run.is_image and args.columns > 0:
         cols = progressive_steps(T, args.columns)
         rec = viz.TrajectoryRecorder(cols, max_samples=args.trajectory_n)
-        y = torch.arange(args.trajectory_n) % run.model.config.num_classes if _conditional(run) else None
-        generate(run.model, run.process, args.trajectory_n, _item_shape(run), sampler="ddpm", steps=None,
+        y = run.balanced_labels(args.trajectory_n)
+        generate(run.model, run.process, args.trajectory_n, run.item_shape, sampler="ddpm", steps=None,
                  seed=args.seed, callback=rec, device=args.device, progress=not args.no_progress, y=y)
         fig = Path(args.out) / "progressive_generation.png"
         viz.save_trajectory(rec.snapshots, fig, max_samples=args.trajectory_n,
@@ -224,6 +213,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _real_data_args(p: argparse.ArgumentParser, n_default: int, seed_help: str) -> None:
+    """The options of the commands that read real images: split, a seeded subset, batch size."""
+    p.add_argument("--split", default="test", choices=["train", "test"], help="data split (default test)")
+    p.add_argument("-n", type=positive_int, default=n_default,
+                   help=f"images (a seeded subset; default {n_default})")
+    p.add_argument("--batch-size", type=positive_int, default=100, help="images per batch")
+    p.add_argument("--seed", type=int, default=0, help=seed_help)
+
+
 def add_eval_parser(sub) -> None:
     from ..samplers import SAMPLERS, SPACINGS
 
@@ -237,10 +235,7 @@ def add_eval_parser(sub) -> None:
                         description="Bits/dim of prior + sum of KL terms + decoder NLL on real data, mean ± "
                                     "standard error over images. Costs T network evaluations per image.")
     _common(n)
-    n.add_argument("--split", default="test", choices=["train", "test"], help="data split (default test)")
-    n.add_argument("-n", type=_positive_int, default=1000, help="images (a seeded subset; default 1000)")
-    n.add_argument("--batch-size", type=_positive_int, default=100, help="images per batch")
-    n.add_argument("--seed", type=int, default=0, help="seeds the subset and the noise")
+    _real_data_args(n, 1000, "seeds the subset and the noise")
     n.add_argument("--json", default=None, help="write the results (with per-t terms) to this JSON file")
     n.set_defaults(func=cmd_nll)
 
@@ -249,15 +244,16 @@ def add_eval_parser(sub) -> None:
                                     "(cached). Classifier features for fashion-mnist/digits, Inception-v3 for RGB.")
     _common(f)
     f.add_argument("--sampler", choices=list(SAMPLERS), default="ddim", help="sampler (default ddim)")
-    f.add_argument("--steps", type=_positive_int, default=None, help="steps (default: T for ddpm, else 50)")
-    f.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
+    f.add_argument("--steps", type=positive_int, default=None,
+                   help="steps (default: all T for ddpm, min(50, T) otherwise)")
+    f.add_argument("--eta", type=float, default=None, help="DDIM eta (default 0; only for --sampler ddim)")
     f.add_argument("--spacing", choices=list(SPACINGS), default=None,
                    help="time steps a sampler visits (default: the sampler's own, uniform for ddpm/ddim)")
     f.add_argument("--no-clip", action="store_true", help="do not clip the predicted x0 to [-1, 1]")
     f.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
     f.add_argument("-n", type=int, default=10000, help="generated samples (default 10000)")
     f.add_argument("--seed", type=int, default=0, help="sampling seed")
-    f.add_argument("--batch-size", type=_positive_int, default=256, help="samples per network batch")
+    f.add_argument("--batch-size", type=positive_int, default=256, help="samples per network batch")
     f.add_argument("--features", choices=["classifier", "inception"], default=None,
                    help="feature network (default: classifier for fashion-mnist/digits, else inception)")
     f.add_argument("--classifier", default=None, help="use another dataset's classifier (default: the run's)")
@@ -265,8 +261,8 @@ def add_eval_parser(sub) -> None:
     f.add_argument("--resize", action="store_true",
                    help="resize real and generated images alike to the classifier's input size")
     f.add_argument("--ref-split", default="test", choices=["train", "test"], help="reference split (default test)")
-    f.add_argument("--ref-n", type=_positive_int, default=None, help="reference images (default: the whole split)")
-    f.add_argument("-k", "--k", type=_positive_int, default=3, help="neighbours for precision/recall (default 3)")
+    f.add_argument("--ref-n", type=positive_int, default=None, help="reference images (default: the whole split)")
+    f.add_argument("-k", "--k", type=positive_int, default=3, help="neighbours for precision/recall (default 3)")
     f.add_argument("--cache-dir", default=None, help="reference-statistics cache (default: beside the data, else "
                                                      "~/.cache/ddpmkit)")
     f.add_argument("--no-cache", action="store_true", help="recompute the reference features")
@@ -279,12 +275,9 @@ def add_eval_parser(sub) -> None:
                                     "predicted x0 on [0, 255] (DDPM Table 4, Fig. 5); CSV, JSON, plot, and the "
                                     "progressive-generation figure.")
     _common(r)
-    r.add_argument("--split", default="test", choices=["train", "test"], help="data split (default test)")
-    r.add_argument("-n", type=_positive_int, default=100, help="images (default 100)")
-    r.add_argument("--batch-size", type=_positive_int, default=100, help="images per batch")
-    r.add_argument("--seed", type=int, default=0, help="seeds the subset, the noise and the trajectory")
+    _real_data_args(r, 100, "seeds the subset, the noise and the trajectory")
     r.add_argument("--out", required=True, help="output directory")
-    r.add_argument("--rows", type=_positive_int, default=11, help="rows of the printed table")
+    r.add_argument("--rows", type=positive_int, default=11, help="rows of the printed table")
     r.add_argument("--columns", type=int, default=6, help="columns of the progressive-generation figure (0: none)")
-    r.add_argument("--trajectory-n", type=_positive_int, default=4, help="samples in the progressive figure")
+    r.add_argument("--trajectory-n", type=positive_int, default=4, help="samples in the progressive figure")
     r.set_defaults(func=cmd_rate_distortion)

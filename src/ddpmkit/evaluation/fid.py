@@ -43,19 +43,15 @@ def fid_of_images(extractor, real_images: torch.Tensor, fake_images: torch.Tenso
     return score_features(rf, ff, fl, k=k, num_classes=getattr(extractor, "num_classes", None))
 
 
-def generate_for_fid(run, n: int, item_shape, *, sampler: str, steps: int | None, eta: float = 0.0, seed: int = 0,
-                     guidance: float | None = None, clip_x0: bool = True, spacing: str | None = None,
-                     batch_size: int = 256, progress: bool = False,
-                     device: str = "cpu") -> tuple[torch.Tensor, float]:
-    """``n`` samples of a loaded run (class-balanced labels for conditional models) and the seconds taken."""
+def generate_for_fid(run, n: int, *, sampler: str, steps: int | None = None, seed: int = 0,
+                     **generate_kwargs) -> tuple[torch.Tensor, float]:
+    """``n`` samples of a loaded run (class-balanced labels for conditional models) and the seconds
+    taken; ``generate_kwargs`` go to ``runs.generate`` (guidance, clipping, spacing, eta, ...)."""
     from ..runs import generate
 
-    num_classes = getattr(getattr(run.model, "config", None), "num_classes", None)
-    y = torch.arange(n) % num_classes if num_classes else None
     t0 = time.perf_counter()
-    x = generate(run.model, run.process, n, tuple(item_shape), sampler=sampler, steps=steps, eta=eta, seed=seed,
-                 y=y, guidance=guidance, clip_x0=clip_x0, spacing=spacing, batch_size=batch_size,
-                 progress=progress, device=device)
+    x = generate(run.model, run.process, n, run.item_shape, sampler=sampler, steps=steps, seed=seed,
+                 y=run.balanced_labels(n), **generate_kwargs)
     return x, time.perf_counter() - t0
 
 

@@ -1,4 +1,7 @@
-"""What every sampler shares: the time grid, the model call (with guidance) and the x_T set-up.
+"""What every sampler shares: the time grid, x_T, labels and guidance, and the model call.
+
+The front door :func:`run_loop` (behind :func:`ddpmkit.samplers.sample`) builds these once; a
+sampler is only its loop ``loop(predict, process, x, *, generator, callback, **own_options)``.
 
 Conventions (all samplers):
 
@@ -14,13 +17,15 @@ Conventions (all samplers):
   samplers loop over that process's own steps ``n-1 .. 0``.
 * ``callback(step, t, x_t, x0_pred)`` is called once per step, before the update, with the step
   number (0-based), the network time index ``t`` (int) of ``x_t``, the state and the prediction of
-  x0 from it.
+  x0 from it.  (A loop calls the callback it is given with its own index ``i`` of the respaced
+  process; the front door maps ``i`` to the network's ``t`` and drives the progress bar.)
 * Randomness comes only from ``generator`` (or from a passed-in ``x_T``).  Noise is drawn on the
   generator's device and moved, so a CPU generator gives the same numbers on any device.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 
@@ -155,17 +160,11 @@ def initial_x(process: GaussianDiffusion, x_T_or_shape, generator, device, dtype
 # --- classifier-free guidance ----------------------------------------------------------------
 
 def model_num_classes(model_fn) -> int | None:
-    """``num_classes`` of a model: ``model_fn.num_classes``, ``model_fn.config.num_classes``, or the
-    same on the module of a bound method / the function of a ``functools.partial``; None if absent."""
-    for obj in (model_fn, getattr(model_fn, "__self__", None), getattr(model_fn, "func", None)):
-        if obj is None:
-            continue
-        n = getattr(obj, "num_classes", None)
-        if n is None:
-            n = getattr(getattr(obj, "config", None), "num_classes", None)
-        if n is not None:
-            return int(n)
-    return None
+    """``model_fn.num_classes``, else ``model_fn.config.num_classes`` (an ``nn.Module``); None if absent."""
+    n = getattr(model_fn, "num_classes", None)
+    if n is None:
+        n = getattr(getattr(model_fn, "config", None), "num_classes", None)
+    return None if n is None else int(n)
 
 
 def guided_model_fn(model_fn: ModelFn, y: torch.Tensor, w: float, null_label: int, *,
@@ -198,7 +197,8 @@ def guided_model_fn(model_fn: ModelFn, y: torch.Tensor, w: float, null_label: in
     return fn
 
 
-def _check_labels(y, batch: int, num_classes: int, device) -> torch.Tensor:
+def check_labels(y, batch: int, num_classes: int, device) -> torch.Tensor:
+    """``y`` as ``batch`` long labels in 0..num_classes (num_classes = the null label)."""
     y = torch.as_tensor(y, device=device)
     if y.dtype.is_floating_point or y.dtype == torch.bool:
         raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
@@ -214,35 +214,38 @@ def _check_labels(y, batch: int, num_classes: int, device) -> torch.Tensor:
     return y
 
 
-class Predictor:
-    """``predict(x, i) -> Prediction`` at index i of ``process``: one network call (two half-batches
-    with guidance) through the model-output adapter.  Counts network evaluations in ``nfe``."""
+def conditioning(model_fn: ModelFn, process: GaussianDiffusion, x: torch.Tensor, *, y=None,
+                 guidance: float | None = None, num_classes: int | None = None):
+    """``(model_fn, labels)`` for the loop: the guided model (labels baked in, so None returned) with
+    ``guidance``, the checked labels without it, or ``(model_fn, None)`` for an unconditional call."""
+    if guidance is None and y is None:
+        return model_fn, None
+    nc = num_classes if num_classes is not None else model_num_classes(model_fn)
+    if guidance is None:
+        labels = (check_labels(y, x.shape[0], nc, x.device) if nc is not None
+                  else torch.as_tensor(y, device=x.device))
+        return model_fn, labels
+    if not math.isfinite(float(guidance)):
+        raise ValueError(f"guidance scale must be a finite number, got {guidance}")
+    if nc is None:
+        raise ValueError(
+            "classifier-free guidance needs a class-conditional model, but this model is "
+            "unconditional (no num_classes on model_fn or model_fn.config); pass num_classes=K "
+            "if it is conditional with null label K")
+    if y is None:
+        raise ValueError("classifier-free guidance needs class labels y (one or one per sample)")
+    labels = check_labels(y, x.shape[0], nc, x.device)
+    guided = guided_model_fn(model_fn, labels, guidance, nc, learned_variance=process.variance == "learned_range")
+    return guided, None
 
-    def __init__(self, model_fn: ModelFn, process: GaussianDiffusion, batch: int, device, *,
-                 y=None, guidance: float | None = None, num_classes: int | None = None,
+
+class Predictor:
+    """``predict(x, i) -> Prediction`` at index i of ``process``: one network call (at the network's
+    time index, with ``labels`` when given) through the model-output adapter.  Counts calls in ``nfe``."""
+
+    def __init__(self, model_fn: ModelFn, process: GaussianDiffusion, *, labels: torch.Tensor | None = None,
                  clip_x0=False):
-        self.process, self.clip_x0, self.nfe = process, clip_x0, 0
-        labels = None
-        if guidance is not None:
-            if not math.isfinite(float(guidance)):
-                raise ValueError(f"guidance scale must be a finite number, got {guidance}")
-            nc = num_classes if num_classes is not None else model_num_classes(model_fn)
-            if nc is None:
-                raise ValueError(
-                    "classifier-free guidance needs a class-conditional model, but this model is "
-                    "unconditional (no num_classes on model_fn or model_fn.config); pass num_classes=K "
-                    "if it is conditional with null label K")
-            if y is None:
-                raise ValueError("classifier-free guidance needs class labels y (one or one per sample)")
-            labels = _check_labels(y, batch, nc, device)
-            model_fn = guided_model_fn(model_fn, labels, guidance, nc,
-                                       learned_variance=process.variance == "learned_range")
-        elif y is not None:
-            nc = num_classes if num_classes is not None else model_num_classes(model_fn)
-            labels = (_check_labels(y, batch, nc, device) if nc is not None
-                      else torch.as_tensor(y, device=device))
-        self.model_fn = model_fn
-        self.labels = None if guidance is not None else labels
+        self.model_fn, self.process, self.labels, self.clip_x0, self.nfe = model_fn, process, labels, clip_x0, 0
 
     def __call__(self, x: torch.Tensor, i: int) -> Prediction:
         t = torch.full((x.shape[0],), int(i), dtype=torch.long, device=x.device)
@@ -255,14 +258,68 @@ class Predictor:
         return self.process.p_mean_variance(out, x, t, clip_x0=self.clip_x0)
 
 
-def steps_iter(n: int, progress: bool, desc: str):
-    if not progress:
-        return range(n)
-    from tqdm.auto import tqdm
-
-    return tqdm(range(n), desc=desc, total=n)
-
-
 def abar_list(process: GaussianDiffusion) -> list[float]:
     """alpha_bar of each index as Python floats (float64 scalars keep per-step work tiny)."""
     return [float(a) for a in process.alphas_cumprod.detach().cpu().double()]
+
+
+# --- the front door -------------------------------------------------------------------------
+
+LOOP_ARGS = ("generator", "callback")
+
+
+def loop_options(loop) -> tuple[str, ...]:
+    """The keyword options a loop takes besides ``generator`` and ``callback``."""
+    params = inspect.signature(loop).parameters.values()
+    return tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name not in LOOP_ARGS)
+
+
+def check_options(name: str, loop, options: dict) -> None:
+    """Options a sampler does not take are an error naming the ones it does."""
+    valid = loop_options(loop)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"sampler {name!r} takes no option {unknown[0]!r}; its options: "
+                         f"{', '.join(valid) or 'none'}")
+
+
+class _Reporter:
+    """The callback a loop gets: maps its index to the network's t, calls the user's callback and
+    advances the progress bar (tqdm on stderr)."""
+
+    def __init__(self, callback: Callback | None, net_t: list[int], progress: bool, desc: str):
+        self.callback, self.net_t, self.bar = callback, net_t, None
+        if progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=len(net_t), desc=desc)
+
+    def __call__(self, step: int, i: int, x: torch.Tensor, x0: torch.Tensor) -> None:
+        if self.callback is not None:
+            self.callback(step, self.net_t[i], x, x0)
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@torch.no_grad()
+def run_loop(name: str, loop, model_fn: ModelFn, process: GaussianDiffusion, x_T_or_shape, *,
+             spacing: str, steps=None, generator: torch.Generator | None = None, clip_x0=False,
+             guidance: float | None = None, y=None, num_classes: int | None = None,
+             callback: Callback | None = None, progress: bool = False, device=None, dtype=None,
+             **options) -> torch.Tensor:
+    """Build the time grid (a respaced process), x_T, labels / guidance and clipping once, then run
+    ``loop(predict, process, x, generator=, callback=, **options)`` on them."""
+    check_options(name, loop, options)
+    proc = sampling_process(process, steps, spacing)
+    x = initial_x(process, x_T_or_shape, generator, device, dtype)
+    fn, labels = conditioning(model_fn, proc, x, y=y, guidance=guidance, num_classes=num_classes)
+    predict = Predictor(fn, proc, labels=labels, clip_x0=clip_x0)
+    report = _Reporter(callback, proc.timestep_map.tolist(), progress, name)
+    try:
+        return loop(predict, proc, x, generator=generator, callback=report, **options)
+    finally:
+        report.close()

@@ -7,16 +7,7 @@ import math
 import torch
 
 from ..diffusion.process import GaussianDiffusion
-from .common import (
-    Callback,
-    ModelFn,
-    Predictor,
-    abar_list,
-    initial_x,
-    randn,
-    sampling_process,
-    steps_iter,
-)
+from .common import Callback, Predictor, abar_list, randn
 
 
 def _check_eta(eta: float) -> float:
@@ -27,13 +18,9 @@ def _check_eta(eta: float) -> float:
     return eta
 
 
-@torch.no_grad()
-def ddim_sample(model_fn: ModelFn, process: GaussianDiffusion, x_T_or_shape, *, steps=None,
-                spacing: str = "uniform", eta: float = 0.0, generator: torch.Generator | None = None,
-                clip_x0=False, guidance: float | None = None, y=None, num_classes: int | None = None,
-                callback: Callback | None = None, progress: bool = False, device=None,
-                dtype=None) -> torch.Tensor:
-    """DDIM, eq. 12 of Song et al., on the time indices tau = sampling_timesteps(steps, spacing):
+def ddim_loop(predict: Predictor, process: GaussianDiffusion, x: torch.Tensor, *,
+              generator: torch.Generator | None, callback: Callback, eta: float = 0.0) -> torch.Tensor:
+    """DDIM, eq. 12 of Song et al., on the kept time indices tau (the respaced ``process``):
 
         x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps_hat + sigma z,
         sigma  = eta sqrt((1 - abar_prev) / (1 - abar)) sqrt(1 - abar / abar_prev),
@@ -44,18 +31,12 @@ def ddim_sample(model_fn: ModelFn, process: GaussianDiffusion, x_T_or_shape, *, 
     ``steps``.
     """
     eta = _check_eta(eta)
-    proc = sampling_process(process, steps, spacing)
-    x = initial_x(process, x_T_or_shape, generator, device, dtype)
-    predict = Predictor(model_fn, proc, x.shape[0], x.device, y=y, guidance=guidance,
-                        num_classes=num_classes, clip_x0=clip_x0)
-    n = proc.num_timesteps
-    abar = abar_list(proc)
-    net_t = proc.timestep_map.tolist()
-    for step in steps_iter(n, progress, "ddim"):
+    n = process.num_timesteps
+    abar = abar_list(process)
+    for step in range(n):
         i = n - 1 - step
         pred = predict(x, i)
-        if callback is not None:
-            callback(step, net_t[i], x, pred.x0)
+        callback(step, i, x, pred.x0)
         a, a_prev = abar[i], (abar[i - 1] if i > 0 else 1.0)
         sigma = eta * math.sqrt((1.0 - a_prev) / (1.0 - a) * (1.0 - a / a_prev))
         x = math.sqrt(a_prev) * pred.x0 + math.sqrt(max(1.0 - a_prev - sigma * sigma, 0.0)) * pred.eps
@@ -64,13 +45,11 @@ def ddim_sample(model_fn: ModelFn, process: GaussianDiffusion, x_T_or_shape, *, 
     return x
 
 
-@torch.no_grad()
-def ddim_invert(model_fn: ModelFn, process: GaussianDiffusion, x0: torch.Tensor, *, steps=None,
-                spacing: str = "uniform", fixed_point_iters: int = 0, guidance: float | None = None,
-                y=None, num_classes: int | None = None, callback: Callback | None = None,
-                progress: bool = False) -> torch.Tensor:
-    """Run deterministic DDIM (eta = 0) forwards: x0 -> x_T, so that ``ddim_sample`` with the same
-    ``steps``/``spacing`` decodes x_T back to (approximately) x0.
+def ddim_invert_loop(predict: Predictor, process: GaussianDiffusion, x: torch.Tensor, *,
+                     generator: torch.Generator | None, callback: Callback,
+                     fixed_point_iters: int = 0) -> torch.Tensor:
+    """Run deterministic DDIM (eta = 0) forwards: x0 (the ``x`` given) -> x_T, so that ``ddim_sample``
+    with the same ``steps``/``spacing`` decodes x_T back to (approximately) x0.
 
     Each step from level s to the next level t uses x0_hat, eps_hat predicted at the current point
     (s, x_s): x_t = sqrt(abar_t) x0_hat + sqrt(1 - abar_t) eps_hat; the very first step (from the
@@ -81,21 +60,15 @@ def ddim_invert(model_fn: ModelFn, process: GaussianDiffusion, x0: torch.Tensor,
     Network evaluations: steps * (1 + k).  ``callback`` gets (step, t, x_t, x0_pred) before each
     step, with t the network index of the level just reached (t_0 for the start).
     """
-    proc = sampling_process(process, steps, spacing)
     if int(fixed_point_iters) < 0:
         raise ValueError(f"fixed_point_iters must be >= 0, got {fixed_point_iters}")
-    x = x0
-    predict = Predictor(model_fn, proc, x.shape[0], x.device, y=y, guidance=guidance,
-                        num_classes=num_classes)
-    n = proc.num_timesteps
-    abar = abar_list(proc)
-    net_t = proc.timestep_map.tolist()
-    for step in steps_iter(n, progress, "ddim-invert"):
+    n = process.num_timesteps
+    abar = abar_list(process)
+    for step in range(n):
         i = step  # go from level i - 1 (data for i = 0) to level i
         src = max(i - 1, 0)
         pred = predict(x, src)
-        if callback is not None:
-            callback(step, net_t[src], x, pred.x0)
+        callback(step, src, x, pred.x0)
         a_prev = abar[i - 1] if i > 0 else 1.0
         a = abar[i]
         x0_hat = pred.x0 if i > 0 else x

@@ -16,15 +16,11 @@ import math
 import torch
 
 from ..diffusion.process import GaussianDiffusion
-from .common import Callback, ModelFn, Predictor, abar_list, initial_x, sampling_process, steps_iter
+from .common import Callback, Predictor, abar_list
 
 
-@torch.no_grad()
-def dpm_solver_sample(model_fn: ModelFn, process: GaussianDiffusion, x_T_or_shape, *, steps=None,
-                      spacing: str = "logsnr", order: int = 2, generator: torch.Generator | None = None,
-                      clip_x0=False, guidance: float | None = None, y=None, num_classes: int | None = None,
-                      callback: Callback | None = None, progress: bool = False, device=None,
-                      dtype=None) -> torch.Tensor:
+def dpm_solver_loop(predict: Predictor, process: GaussianDiffusion, x: torch.Tensor, *,
+                    generator: torch.Generator | None, callback: Callback, order: int = 2) -> torch.Tensor:
     """DPM-Solver++ (Lu et al. 2022, Algorithm 2 'multistep'), data prediction, in lambda = log(alpha/sigma).
 
     With D_i the predicted x0 at grid point i and h = lambda_next - lambda_i:
@@ -40,23 +36,16 @@ def dpm_solver_sample(model_fn: ModelFn, process: GaussianDiffusion, x_T_or_shap
     """
     if order not in (1, 2, 3):
         raise ValueError(f"DPM-Solver++ order must be 1, 2 or 3, got {order!r}")
-    proc = sampling_process(process, steps, spacing)
-    x = initial_x(process, x_T_or_shape, generator, device, dtype)
-    predict = Predictor(model_fn, proc, x.shape[0], x.device, y=y, guidance=guidance,
-                        num_classes=num_classes, clip_x0=clip_x0)
-    n = proc.num_timesteps
-    abar = abar_list(proc)
-    net_t = proc.timestep_map.tolist()
+    n = process.num_timesteps
+    abar = abar_list(process)
     alpha = [math.sqrt(a) for a in abar]
     sigma = [math.sqrt(1.0 - a) for a in abar]
     lam = [0.5 * (math.log(a) - math.log1p(-a)) for a in abar]
     hist: list[tuple[torch.Tensor, float]] = []  # (D, lambda) of previous grid points, newest first
-    for step in steps_iter(n, progress, "dpm++"):
+    for step in range(n):
         i = n - 1 - step
-        pred = predict(x, i)
-        D = pred.x0
-        if callback is not None:
-            callback(step, net_t[i], x, D)
+        D = predict(x, i).x0
+        callback(step, i, x, D)
         if i == 0:
             x = D
             break
@@ -84,12 +73,8 @@ def dpm_solver_sample(model_fn: ModelFn, process: GaussianDiffusion, x_T_or_shap
     return x
 
 
-@torch.no_grad()
-def heun_sample(model_fn: ModelFn, process: GaussianDiffusion, x_T_or_shape, *, steps=None,
-                spacing: str = "karras", generator: torch.Generator | None = None, clip_x0=False,
-                guidance: float | None = None, y=None, num_classes: int | None = None,
-                callback: Callback | None = None, progress: bool = False, device=None,
-                dtype=None) -> torch.Tensor:
+def heun_loop(predict: Predictor, process: GaussianDiffusion, x: torch.Tensor, *,
+              generator: torch.Generator | None, callback: Callback) -> torch.Tensor:
     """Heun's 2nd-order method on the probability-flow ODE (Karras et al. 2022, Algorithm 1, no churn).
 
     In the variance-exploding variables x~ = x_t / alpha_t, s = sigma_t / alpha_t the ODE is
@@ -97,21 +82,15 @@ def heun_sample(model_fn: ModelFn, process: GaussianDiffusion, x_T_or_shape, *, 
     the slope at its end (two evaluations); the last step to s = 0 is a single Euler step, which
     returns the predicted x0.  Network evaluations: ``2 * steps - 1``.
     """
-    proc = sampling_process(process, steps, spacing)
-    x = initial_x(process, x_T_or_shape, generator, device, dtype)
-    predict = Predictor(model_fn, proc, x.shape[0], x.device, y=y, guidance=guidance,
-                        num_classes=num_classes, clip_x0=clip_x0)
-    n = proc.num_timesteps
-    abar = abar_list(proc)
-    net_t = proc.timestep_map.tolist()
+    n = process.num_timesteps
+    abar = abar_list(process)
     alpha = [math.sqrt(a) for a in abar]
     s = [math.sqrt((1.0 - a) / a) for a in abar]
     xs = x / alpha[n - 1]
-    for step in steps_iter(n, progress, "heun"):
+    for step in range(n):
         i = n - 1 - step
         pred = predict(alpha[i] * xs, i)
-        if callback is not None:
-            callback(step, net_t[i], alpha[i] * xs, pred.x0)
+        callback(step, i, alpha[i] * xs, pred.x0)
         if i == 0:
             xs = pred.x0
             break

@@ -1,15 +1,8 @@
-"""Training: the loop, EMA, checkpoints and distributed helpers."""
+"""Training: the loop, EMA and distributed helpers (checkpoints live in :mod:`ddpmkit.checkpoint`)."""
 
-from .checkpoint import Checkpoint, find_checkpoint, load_checkpoint, save_checkpoint
+from ..checkpoint import Checkpoint, find_checkpoint, load_checkpoint, save_checkpoint
 from .ema import EMA
+from .trainer import Trainer, TrainResult, train
 
 __all__ = ["Checkpoint", "EMA", "Trainer", "TrainResult", "find_checkpoint", "load_checkpoint",
            "save_checkpoint", "train"]
-
-
-def __getattr__(name):  # the trainer imports ddpmkit.runs, which imports this package: load it lazily
-    if name in ("Trainer", "TrainResult", "train"):
-        from . import trainer
-
-        return getattr(trainer, name)
-    raise AttributeError(name)

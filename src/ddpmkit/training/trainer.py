@@ -23,13 +23,13 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ..config import Config, dump_toml
 from ..diffusion.losses import training_losses
 from ..diffusion.timesteps import make_timestep_sampler
 from ..errors import TrainingDiverged, UserError
-from ..runs import build_model, build_process, resolve_network_config
+from ..runs import balanced_labels, build_model, build_process, derive_seed, resolve_network_config
 from . import distributed as D
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .ema import EMA
 
 QUARTERS = 4
@@ -49,8 +49,8 @@ def pick_device(name: str, info: D.DistInfo | None = None) -> torch.device:
 
 
 def step_seed(seed: int, step: int, stream: int = 0) -> int:
-    """A distinct 63-bit seed per (seed, step, stream)."""
-    return (seed * 1_000_003 + step * 9_176 + stream * 7_919 + 12_345) % (2**63 - 1)
+    """A distinct 63-bit seed per (seed, step, stream): ``derive_seed`` at an offset for (step, stream)."""
+    return derive_seed(seed, step * 9_176 + stream * 7_919 + 12_345)
 
 
 def load_training_data(cfg: Config):
@@ -322,7 +322,7 @@ class Trainer:
         x = generate(self.ema.module, self.process, t.sample_n, tuple(self.data.shape), sampler=t.sample_sampler,
                      steps=steps, seed=self.cfg.run.seed, device=self.device, batch_size=t.sample_n,
                      clip_x0=self.data.kind == "image",
-                     y=(torch.arange(t.sample_n) % self.data.num_classes) if self.cfg.data.class_conditional
+                     y=balanced_labels(t.sample_n, self.data.num_classes) if self.cfg.data.class_conditional
                      else None)
         path = path or self.run_dir / "samples" / f"step_{self.step:08d}.png"
         from .. import viz

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import UserError
+from .errors import UserError
 
 FORMAT_VERSION = 1
 PREFIX = "step_"
