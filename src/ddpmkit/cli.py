@@ -152,9 +152,22 @@ def cmd_export(args) -> int:
     from .checkpoint import export_checkpoint
     from .runs import resolve_checkpoint_path
 
+    if args.diffusers:
+        return export_diffusers(args)
     out = export_checkpoint(resolve_checkpoint_path(args.run), args.out, use_ema=not args.raw, force=args.force)
     size = sum(f.stat().st_size for f in out.iterdir())
     print(f"wrote {out} ({size / 2**20:.1f} MiB, {'raw' if args.raw else 'EMA'} weights only)")
+    return 0
+
+
+def export_diffusers(args) -> int:
+    from .diffusers_pipeline import write_diffusers_pipeline
+    from .runs import load_run
+
+    run = load_run(args.run, use_ema=not args.raw, require_ema=not args.raw)
+    out = write_diffusers_pipeline(run.model, run.process, args.out, force=args.force)
+    print(f"wrote {out} (diffusers DDPMPipeline: unet/, scheduler/, model_index.json; "
+          f"{'raw' if args.raw else 'EMA'} weights)")
     return 0
 
 
@@ -209,7 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="generate samples from a checkpoint",
                        description="Generate samples with any sampler and write an image grid (10x10 for 100 "
                                    "images) or, for 2-D models, a scatter plot.")
-    s.add_argument("--checkpoint", required=True, help="run directory, checkpoint directory or pretrained:NAME")
+    s.add_argument("--checkpoint", required=True,
+                   help="run directory, checkpoint directory, pretrained:NAME, or a diffusers DDPM pipeline "
+                        "directory (diffusers:DIR, or any DIR with a model_index.json)")
     s.add_argument("--sampler", choices=list(SAMPLERS), default="ddim",
                    help="ddpm (ancestral, respaced when --steps < T), ddim, dpm++ (DPM-Solver++ 2M) or heun")
     s.add_argument("--steps", type=positive_int, default=None,
@@ -266,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="output directory (must not exist or be empty, unless --force)")
     x.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA weights")
     x.add_argument("--force", action="store_true", help="replace a non-empty OUT")
+    x.add_argument("--diffusers", action="store_true",
+                   help="write OUT as a diffusers DDPMPipeline directory (unet/, scheduler/, model_index.json) "
+                        "that diffusers.DDPMPipeline.from_pretrained(OUT) loads")
     x.set_defaults(func=cmd_export)
 
     pl = sub.add_parser("plot", help="plots: loss curve of a run, schedules",

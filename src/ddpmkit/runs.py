@@ -14,6 +14,7 @@ from torch import nn
 
 from .checkpoint import Checkpoint, load_checkpoint
 from .config import Config, DiffusionSection, config_from_dict
+from .diffusers_pipeline import pipeline_dir, read_diffusers_pipeline
 from .diffusion import GaussianDiffusion
 from .errors import UserError
 from .networks.factory import build_network, config_to_dict, network_config
@@ -134,6 +135,14 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
 
 def load_run(path: str | Path, *, device: str | torch.device = "cpu", use_ema: bool = True,
              require_ema: bool = False) -> LoadedRun:
+    """A run directory, checkpoint directory, ``pretrained:NAME``, or a diffusers DDPM/DDIM pipeline
+    directory (``diffusers:DIR``, or any DIR with a ``model_index.json``), rebuilt for sampling.  A
+    diffusers pipeline holds one set of weights: they are used as they are (``use_ema`` and
+    ``require_ema`` do not apply)."""
+    pipe = pipeline_dir(path)
+    if pipe is not None:
+        cfg, process, model, ckpt = read_diffusers_pipeline(pipe)
+        return LoadedRun(cfg, process.to(device), model.to(device).eval(), ckpt, uses_ema=False)
     ckpt = load_checkpoint(resolve_checkpoint_path(path), map_location="cpu", with_optimizer=False)
     cfg = config_from_dict(ckpt.config)
     process = build_process(cfg.diffusion, device)

@@ -16,30 +16,11 @@ from ddpmkit.networks.convert_diffusers import (
     diffusers_state_to_ours,
     unet_config_to_diffusers,
 )
+from ddpmkit.testing.diffusers_layouts import GOOGLE_DDPM_CIFAR10_UNET
 
 NEED_DIFFUSERS = "diffusers (the optional `interop` extra, installed by `make test`) is not installed"
 
-# google/ddpm-cifar10-32's unet/config.json (values as published on the Hub).
-GOOGLE_DDPM_CIFAR10 = {
-    "_class_name": "UNet2DModel",
-    "act_fn": "silu",
-    "attention_head_dim": None,
-    "block_out_channels": [128, 256, 256, 256],
-    "center_input_sample": False,
-    "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
-    "downsample_padding": 0,
-    "flip_sin_to_cos": False,
-    "freq_shift": 1,
-    "in_channels": 3,
-    "layers_per_block": 2,
-    "mid_block_scale_factor": 1,
-    "norm_eps": 1e-06,
-    "norm_num_groups": 32,
-    "out_channels": 3,
-    "sample_size": 32,
-    "time_embedding_type": "positional",
-    "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
-}
+GOOGLE_DDPM_CIFAR10 = GOOGLE_DDPM_CIFAR10_UNET
 
 # Same block types as google/ddpm-cifar10-32, tiny channels.
 TINY_DDPM = dict(
