@@ -89,9 +89,6 @@ class Config:
     def to_dict(self) -> dict:
         return _to_plain(dataclasses.asdict(self))
 
-    def replace(self, **sections) -> Config:
-        return dataclasses.replace(self, **sections)
-
 
 def _to_plain(obj):
     if isinstance(obj, dict):
@@ -137,8 +134,6 @@ def _section_from_dict(cls, data: dict, where: str):
         kwargs[name] = _coerce(value, tp, f"{where}.{name}")
     return cls(**kwargs)
 
-
-SECTIONS = {f.name: f.type for f in fields(Config)}
 
 
 def config_from_dict(data: dict) -> Config:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddpmkit.data import DATASETS, DataError, Dataset, load_dataset, random_flip, to_model_range, to_uint8
+from ddpmkit.data import DATASETS, DataError, Dataset, load_dataset, to_model_range, to_uint8
 from ddpmkit.data.dataset import resize_images
 
 
@@ -29,16 +29,14 @@ def _images(n=6, c=1, s=4):
     return torch.arange(n * c * s * s, dtype=torch.int64).remainder(256).to(torch.uint8).reshape(n, c, s, s)
 
 
-def test_dataset_batch_shape_len_and_describe():
+def test_dataset_batch_shape_len_and_fields():
     y = torch.tensor([0, 1, 2, 0, 1, 2])
     ds = Dataset(_images(), y, 3, "image", "test-set")
     assert len(ds) == 6 and ds.shape == (1, 4, 4) and ds.channels == 1 and ds.image_size == 4
     x, yb = ds.batch(torch.tensor([4, 1]))
     assert x.dtype == torch.float32 and x.shape == (2, 1, 4, 4)
     assert torch.equal(to_uint8(x), ds.x[[4, 1]]) and yb.tolist() == [1, 1]
-    info = ds.describe()
-    assert info == {"name": "test-set", "split": "train", "kind": "image", "size": 6, "shape": [1, 4, 4],
-                    "num_classes": 3}
+    assert (ds.name, ds.split, ds.kind, ds.num_classes) == ("test-set", "train", "image", 3)
     pts = Dataset(torch.randn(5, 2), None, None, "points", "p")
     xp, yp = pts.batch([0, 3])
     assert xp.shape == (2, 2) and yp is None and torch.equal(xp, pts.x[[0, 3]])
@@ -51,20 +49,6 @@ def test_dataset_validates_its_fields():
         Dataset(_images(2), torch.tensor([0, 5]), 3, "image", "bad")
     with pytest.raises(ValueError, match="kind"):
         Dataset(_images(2), None, None, "video", "bad")
-
-
-def test_random_flip_is_reproducible_and_flips_exactly_the_masked_images():
-    x = torch.randn(64, 3, 5, 7)
-    out1, mask1 = random_flip(x, torch.Generator().manual_seed(3), return_mask=True)
-    out2 = random_flip(x, torch.Generator().manual_seed(3))
-    assert torch.equal(out1, out2)
-    assert 10 < int(mask1.sum()) < 54  # about half
-    assert torch.equal(out1[mask1], x[mask1].flip(-1))
-    assert torch.equal(out1[~mask1], x[~mask1])
-    out3, mask3 = random_flip(x, torch.Generator().manual_seed(4), return_mask=True)
-    assert not torch.equal(mask1, mask3)
-    with pytest.raises(ValueError, match="N, C, H, W"):
-        random_flip(torch.randn(4, 2), torch.Generator())
 
 
 def test_unknown_dataset_and_split_errors_name_the_valid_ones():

@@ -65,14 +65,14 @@ def test_recorder_keeps_the_chosen_steps_for_int_and_tensor_t(tmp_path):
     snaps = rec.snapshots
     assert [s[0] for s in snaps] == [999, 500, 0]
     assert torch.allclose(snaps[1][1], torch.full((3, 1, 4, 4), 0.5)) and torch.equal(snaps[1][2], -snaps[1][1])
-    path = rec.save(tmp_path / "traj.png")
+    path = save_trajectory(rec.snapshots, tmp_path / "traj.png")
     w, h = png_size(path)
     assert w == round((0.5 + PANEL_IN * 3) * DPI) and h == round((0.35 + PANEL_IN * 6) * DPI)  # 3 samples x 2 rows
     with pytest.raises(ValueError, match="one time index"):
         rec(0, torch.tensor([3, 4]), torch.zeros(2, 1, 2, 2), torch.zeros(2, 1, 2, 2))
 
 
-def test_recorder_nearest_step_on_a_respaced_grid_and_mapping():
+def test_recorder_nearest_step_on_a_respaced_grid():
     rec = TrajectoryRecorder([999, 750, 500, 250, 0], max_samples=2)
     grid = list(range(999, -1, -20)) + [0]  # 999, 979, ..., 19, 0
     for step, t in enumerate(grid):
@@ -80,10 +80,7 @@ def test_recorder_nearest_step_on_a_respaced_grid_and_mapping():
     ts = [s[0] for s in rec.snapshots]
     assert ts == [999, 759, 499, 259, 0]
     assert rec.snapshots[0][1].shape == (2, 1, 2, 2)
-    mapped = TrajectoryRecorder([900], map_t=lambda i: i * 100)  # sampler's own index 9 -> network t 900
-    for step, i in enumerate(range(9, -1, -1)):
-        mapped(step, i, torch.full((1, 1, 2, 2), float(i)), torch.zeros(1, 1, 2, 2))
-    assert [s[0] for s in mapped.snapshots] == [900] and float(mapped.snapshots[0][1].max()) == 9.0
+    assert [float(s[1].max()) for s in rec.snapshots] == [999.0, 759.0, 499.0, 259.0, 0.0]  # the kept x_t
 
 
 def test_save_trajectory_layout_and_errors(tmp_path):

@@ -1,7 +1,7 @@
 """Datasets held in memory, and the only conversion between uint8 pixels and the model range [-1, 1]."""
 
 from .cifar import SafeUnpickler, read_cifar_batch, safe_load_pickle
-from .dataset import DataError, Dataset, random_flip, resize_center_crop
+from .dataset import DataError, Dataset, resize_center_crop
 from .idx import read_idx
 from .pixels import to_model_range, to_uint8
 from .registry import DATASETS, dataset_names, load_dataset
@@ -9,6 +9,6 @@ from .toy import TOY_SETS
 
 __all__ = [
     "DATASETS", "DataError", "Dataset", "SafeUnpickler", "TOY_SETS", "dataset_names", "load_dataset",
-    "random_flip", "read_cifar_batch", "read_idx", "resize_center_crop", "safe_load_pickle",
+    "read_cifar_batch", "read_idx", "resize_center_crop", "safe_load_pickle",
     "to_model_range", "to_uint8",
 ]

@@ -13,17 +13,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import UserError
 from .pixels import to_model_range
-
-try:  # the CLI reports UserError as one line with exit code 2
-    from ..errors import UserError as _UserError
-except ImportError:  # pragma: no cover - errors.py is optional for this package
-    _UserError = ValueError
 
 KINDS = ("image", "points")
 
 
-class DataError(_UserError):
+class DataError(UserError):
     """A dataset cannot be loaded: missing or corrupt files, bad options.  Always a ValueError."""
 
 
@@ -89,32 +85,6 @@ class Dataset:
         x = self.x[idx]
         x = to_model_range(x) if self.kind == "image" else x.clone()
         return x, (None if self.y is None else self.y[idx])
-
-    def describe(self) -> dict:
-        """A small JSON-able summary for checkpoints and ``ddpmkit info``."""
-        out = {"name": self.name, "split": self.split, "kind": self.kind, "size": len(self),
-               "shape": list(self.shape), "num_classes": self.num_classes}
-        if self.class_names is not None:
-            out["class_names"] = list(self.class_names)
-        if self.source:
-            out["source"] = self.source
-        return out
-
-
-def random_flip(x: torch.Tensor, generator: torch.Generator | None = None, p: float = 0.5,
-                return_mask: bool = False):
-    """Flip each image of a batch (N, C, H, W) horizontally with probability ``p``.
-
-    The decision is one ``torch.rand(N, generator=generator)`` draw on the generator's device, so
-    the same generator state flips the same images.  With ``return_mask`` also returns the bool
-    mask (N,) of flipped images.
-    """
-    if x.ndim != 4:
-        raise ValueError(f"random_flip expects an image batch (N, C, H, W), got shape {tuple(x.shape)}")
-    device = generator.device if generator is not None else torch.device("cpu")
-    mask = (torch.rand(x.shape[0], generator=generator, device=device) < p).to(x.device)
-    out = torch.where(mask[:, None, None, None], x.flip(-1), x)
-    return (out, mask) if return_mask else out
 
 
 # --- image helpers used by the loaders --------------------------------------------------------

@@ -47,13 +47,6 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def all_reduce_sum(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    if info.enabled:
-        x = x.clone()
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
-    return x
-
-
 def all_gather_cat(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if not info.enabled:
         return x

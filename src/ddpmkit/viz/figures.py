@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -120,23 +120,20 @@ class TrajectoryRecorder:
     """A sampler ``callback(step, t, x_t, x0_pred)`` that keeps the snapshots nearest the chosen t.
 
     ``t`` may be an int or a tensor (B,) of identical values.  Samplers in ddpmkit pass the
-    network's time index (already mapped for respaced processes); ``map_t`` converts a sampler's
-    own index when a caller passes that instead.  For each requested step the snapshot with the
+    network's time index (already mapped for respaced processes).  For each requested step the snapshot with the
     nearest t is kept, so a 50-step DDIM run still fills the columns 999, 750, 500, 250, 0.
     Only the first ``max_samples`` of the batch are stored (CPU copies).
     """
 
-    def __init__(self, steps: Sequence[int], map_t: Callable[[int], int] | None = None, max_samples: int = 8):
+    def __init__(self, steps: Sequence[int], max_samples: int = 8):
         self.steps = sorted({int(s) for s in steps}, reverse=True)
         if not self.steps:
             raise ValueError("TrajectoryRecorder needs at least one time index")
-        self.map_t, self.max_samples = map_t, max_samples
+        self.max_samples = max_samples
         self._best: dict[int, tuple[int, int, torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, step: int, t, x_t: torch.Tensor, x0_pred: torch.Tensor) -> None:
         t = _scalar_t(t)
-        if self.map_t is not None:
-            t = int(self.map_t(t))
         closer = [s for s in self.steps if s not in self._best or abs(t - s) < self._best[s][0]]
         if not closer:
             return
@@ -155,7 +152,3 @@ class TrajectoryRecorder:
                 seen.add(t)
                 out.append((t, x, x0))
         return sorted(out, key=lambda item: -item[0])
-
-    def save(self, path, **kwargs):
-        """:func:`save_trajectory` of the recorded snapshots."""
-        return save_trajectory(self.snapshots, path, **kwargs)
