@@ -10,9 +10,17 @@ import torch
 from PIL import Image
 
 from ddpmkit.cli import main
+from ddpmkit.data import to_uint8
 from ddpmkit.testing.tiny import tiny_overrides, toy_overrides
 
 COMMANDS = ["train", "sample", "forward", "info", "export", "plot", "demo"]
+
+
+def assert_drawn(path, min_w: int) -> None:
+    """A picture at least ``min_w`` pixels wide with something drawn on it (not one flat colour)."""
+    img = np.asarray(Image.open(path).convert("L"), dtype=np.float64)
+    assert img.shape[1] >= min_w, f"{path}: {img.shape[1]} px wide"
+    assert img.std() > 5 and (img < 128).mean() > 0.001, f"{path} looks blank"
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -34,11 +42,17 @@ def test_sample_writes_grid_npy_and_trajectory(tiny_run, tmp_path, capsys):
     code = main(["sample", "--checkpoint", str(tiny_run), "-n", "100", "--sampler", "ddpm", "--out", str(out),
                  "--npy", str(tmp_path / "x.npy"), "--trajectory", "19,10,0", "--no-progress"])
     assert code == 0
-    img = Image.open(out)
-    assert img.size[0] == img.size[1]  # a square 10 x 10 grid
     x = np.load(tmp_path / "x.npy")
     assert x.shape == (100, 1, 8, 8) and x.min() >= -1 and x.max() <= 1
-    assert (tmp_path / "grid_trajectory.png").is_file()
+    # the PNG is exactly the 10 x 10 grid of these samples: 8x8 cells upscaled x4, 2 px white borders
+    png = np.asarray(Image.open(out))
+    assert png.shape == (4 * (2 + 10 * 10), 4 * (2 + 10 * 10))
+    cells = to_uint8(torch.from_numpy(x)).numpy()[:, 0]
+    for i in (0, 37, 99):
+        top, left = 4 * (2 + (i // 10) * 10), 4 * (2 + (i % 10) * 10)
+        assert np.array_equal(png[top:top + 32:4, left:left + 32:4], cells[i])
+    assert (png[:8] == 255).all()  # the border
+    assert_drawn(tmp_path / "grid_trajectory.png", min_w=3 * 32)
     printed = capsys.readouterr().out
     assert "t = 19, 10, 0" in printed
 
@@ -85,7 +99,10 @@ def test_info_and_forward_and_plot(tiny_run, tmp_path, capsys):
     assert main(["plot", "loss", str(tiny_run), "--out", str(tmp_path / "loss.png")]) == 0
     assert main(["plot", "schedules", "--out", str(tmp_path / "s.png")]) == 0
     for name in ("f.png", "g.png", "loss.png", "s.png"):
-        assert Image.open(tmp_path / name).size[0] > 0
+        assert_drawn(tmp_path / name, min_w=300)
+    # the strip shows the input image (x0) then 3 noisier copies: wider than tall
+    w, h = Image.open(tmp_path / "f.png").size
+    assert w > 2 * h
 
 
 def test_export_writes_ema_only_copy_that_samples_identically(tiny_run, tmp_path, capsys):

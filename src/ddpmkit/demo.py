@@ -10,7 +10,8 @@ from .checkpoint import find_checkpoint
 from .config import load_config
 from .errors import UserError
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "digits.toml"
+# package data, so an installed `ddpmkit demo` finds it (configs/digits.toml in the repository links here)
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "digits.toml"
 
 
 def run_demo(out: Path, *, config: str | None = None, steps: int | None = None, progress: bool = True) -> dict:

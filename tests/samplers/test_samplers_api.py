@@ -74,9 +74,11 @@ def test_guidance_needs_a_conditional_model_and_labels(proc, mix):
         sample("ddim", cond, proc, (2, 2), steps=3, guidance=2.0)
     with pytest.raises(ValueError, match=r"labels must be in 0..7 \(or 8 = null\)"):
         sample("ddim", cond, proc, (2, 2), steps=3, guidance=2.0, y=9)
-    # explicit num_classes= makes a plain function usable
-    sample("ddim", lambda x, t, y=None: torch.zeros_like(x), proc, (2, 2), steps=3, guidance=2.0, y=1,
-           num_classes=4)
+    # explicit num_classes= makes a plain function usable; a label-blind model guided is itself
+    kw = {"steps": 3, "generator": torch.Generator().manual_seed(0)}
+    guided = sample("ddim", zero_model, proc, (2, 2), guidance=2.0, y=1, num_classes=4, **kw)
+    kw["generator"] = torch.Generator().manual_seed(0)
+    assert torch.equal(guided, sample("ddim", zero_model, proc, (2, 2), **kw))
 
 
 # --- registry, NFE, reproducibility, callbacks ---------------------------------------------------
@@ -122,9 +124,23 @@ def test_passed_in_x_T_is_used_and_not_modified(proc, mix):
     assert ddim_sample(fn, proc, x_T, steps=10, dtype=torch.float64).dtype == torch.float64
 
 
-def test_progress_bar_runs(proc, capsys):
-    out = sample("ddpm", zero_model, proc, (2, 2), steps=3, progress=True)
-    assert out.shape == (2, 2)
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_progress_bar_counts_the_steps(proc, capsys, name):
+    sample(name, zero_model, proc, (2, 2), steps=3, progress=True)
+    frames = capsys.readouterr().err.strip().split("\r")  # tqdm redraws one line on stderr
+    assert all(f.startswith(f"{name}:") for f in frames)
+    assert "0/3" in frames[0] and "3/3" in frames[-1] and "100%" in frames[-1]
+    sample(name, zero_model, proc, (2, 2), steps=3)
+    assert capsys.readouterr().err == ""  # no bar unless asked
+
+
+def test_unknown_sampler_options_are_errors(proc):
+    with pytest.raises(ValueError, match="sampler 'ddpm' takes no option 'eta'; its options: none"):
+        sample("ddpm", zero_model, proc, (2, 2), steps=3, eta=1.0)
+    with pytest.raises(ValueError, match="sampler 'ddim' takes no option 'order'; its options: eta"):
+        sample("ddim", zero_model, proc, (2, 2), steps=3, order=2)
+    with pytest.raises(ValueError, match="sampler 'ddim-invert' takes no option 'eta'"):
+        ddim_invert(zero_model, proc, torch.zeros(2, 2), eta=0.5)
 
 
 def test_network_receives_original_time_indices(proc):
@@ -269,3 +285,37 @@ def test_ddim_invert_shapes(proc, mix):
     with pytest.raises(ValueError, match="fixed_point_iters"):
         ddim_invert(fn, proc, x0, fixed_point_iters=-1)
     assert ddim_invert(fn, proc, x0, steps=5).shape == x0.shape
+
+
+def test_a_new_sampler_is_one_loop_and_one_registry_line(proc, mix, monkeypatch):
+    """Register a 5-line deterministic DDIM loop: the front door gives it the grid, x_T, the callback
+    and option checking, and it reproduces ddim (eta = 0) exactly."""
+    import math
+
+    from ddpmkit.samplers import Sampler
+    from ddpmkit.samplers.common import abar_list
+
+    def my_loop(predict, process, x, *, generator, callback, scale=1.0):
+        abar, n = abar_list(process), process.num_timesteps
+        for step in range(n):
+            i = n - 1 - step
+            pred = predict(x, i)
+            callback(step, i, x, pred.x0)
+            a_prev = abar[i - 1] if i > 0 else 1.0
+            x = math.sqrt(a_prev) * pred.x0 + scale * math.sqrt(1.0 - a_prev) * pred.eps
+        return x
+
+    monkeypatch.setitem(SAMPLERS, "mine", Sampler(my_loop, spacing="quadratic"))
+    fn = mix.model_fn(proc)
+    calls = []
+    a = sample("mine", fn, proc, (32, 2), steps=6, generator=torch.Generator().manual_seed(0),
+               callback=lambda *c: calls.append(c[1]))
+    b = sample("ddim", fn, proc, (32, 2), steps=6, spacing="quadratic", generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, b)
+    assert calls == sampling_timesteps(proc, 6, "quadratic")[::-1] and network_evaluations("mine", 6) == 6
+    with pytest.raises(ValueError, match="sampler 'mine' takes no option 'eta'; its options: scale"):
+        sample("mine", fn, proc, (2, 2), steps=3, eta=0.0)
+    from ddpmkit.cli import build_parser
+
+    args = build_parser().parse_args(["sample", "--checkpoint", "c", "--out", "o", "--sampler", "mine"])
+    assert args.sampler == "mine"  # the CLI's --sampler choices come from the registry
