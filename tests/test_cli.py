@@ -192,3 +192,12 @@ def test_class_conditional_sampling_with_guidance(tmp_path, capsys):
     assert main(["sample", "--checkpoint", str(run), "-n", "4", "--class", "11", "--guidance", "2",
                  "--out", str(tmp_path / "d.png"), "--no-progress"]) == 2
     assert "labels must be in 0..9" in _error(capsys)
+
+
+def test_an_option_the_sampler_does_not_take_is_an_error(tiny_run, tmp_path, capsys):
+    """--eta used to be dropped silently for every sampler but ddim."""
+    for sampler in ("ddpm", "dpm++", "heun"):
+        assert main(["sample", "--checkpoint", str(tiny_run), "--sampler", sampler, "--eta", "1", "-n", "2",
+                     "--out", str(tmp_path / "x.png"), "--no-progress"]) == 2
+        assert f"sampler '{sampler}' takes no option 'eta'" in _error(capsys)
+    assert not (tmp_path / "x.png").exists()
