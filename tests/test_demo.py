@@ -1,6 +1,7 @@
 """`make demo`: the pipeline on a tiny config (default suite) and the real run's quality (slow)."""
 
 import fnmatch
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,8 @@ def test_recognisability_tells_digits_from_noise():
     assert noise["classes"] <= 5
 
 
-def test_demo_pipeline_writes_all_pictures_and_reruns_without_training(tmp_path, capsys):
+def test_demo_pipeline_writes_all_pictures_and_reruns_without_training(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="ddpmkit")  # the library logs; the CLI shows the log
     cfg = tmp_path / "tiny.toml"
     text = (ROOT / "configs" / "digits.toml").read_text()
     assert "options = { ch = 24 }" in text and "timesteps = 1000" in text
@@ -52,13 +54,14 @@ def test_demo_pipeline_writes_all_pictures_and_reruns_without_training(tmp_path,
         assert img.std() > 5, f"{name}.png looks blank"
     w, h = Image.open(out / "samples.png").size
     assert w == h == 4 * (2 + 10 * 10)  # a 10x10 grid of 8x8 digits upscaled x4, 2 px borders
-    first = capsys.readouterr().out
+    first = caplog.text
     assert "training tiny.toml for 3 steps" in first and "samples" in first
     score = result["score"]
     assert f"confident (p > 0.9) on {score['confident']:.0%} of the 100 samples" in first
     assert f"to {score['classes']} of 10 classes" in first
+    caplog.clear()
     run_demo(out, config=str(cfg), steps=3, progress=False)
-    assert "already trained (3 steps)" in capsys.readouterr().out
+    assert "already trained (3 steps)" in caplog.text
 
 
 @pytest.mark.slow

@@ -11,10 +11,12 @@ from .diffusion import (
     schedules,
     space_timesteps,
 )
+from .pipeline import Pipeline, load, save
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "GaussianDiffusion", "LossSecondMomentSampler", "UniformSampler", "losses", "parameterization",
+    "GaussianDiffusion", "LossSecondMomentSampler", "Pipeline", "UniformSampler", "load", "losses", "parameterization",
+    "save",
     "respace", "respaced", "schedules", "space_timesteps", "__version__",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -21,6 +22,8 @@ def cmd_train(args) -> int:
 
     cfg = load_config(args.config, args.set)
     result = train(cfg, resume=args.resume, progress=not args.no_progress, max_steps=args.max_steps)
+    if not result.main_process:  # under torchrun only rank 0 reports
+        return 0
     if result.stopped_early:
         print(f"stopped at step {result.step}; resume with: ddpmkit train --config {args.config} --resume"
               + "".join(f" --set {s}" for s in args.set))
@@ -53,9 +56,9 @@ def cmd_sample(args) -> int:
         recorder = viz.TrajectoryRecorder(args.trajectory)
     steps = args.steps or default_steps(args.sampler, run.process.num_timesteps)
     x = generate(run.model, run.process, args.n, run.item_shape, sampler=args.sampler, steps=steps,
-                 seed=args.seed, y=args.class_label, guidance=args.guidance, clip_x0=not args.no_clip and run.is_image,
+                 seed=args.seed, y=args.class_label, guidance=args.guidance, clip_x0=False if args.no_clip else None,
                  spacing=args.spacing, batch_size=args.batch_size, callback=recorder,
-                 progress=not args.no_progress, device=args.device, **sampler_options(args))
+                 progress=not args.no_progress, **sampler_options(args))
     out = Path(args.out)
     _write_samples(x, "image" if run.is_image else "points", out)
     print(f"wrote {out} ({args.n} samples, sampler {args.sampler}, steps {steps})")
@@ -250,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     s.add_argument("--no-clip", action="store_true",
                    help="do not clip the predicted x0 to [-1, 1] (points are never clipped)")
-    s.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    s.add_argument("--device", default="auto", help="auto (CUDA when available, default), cpu or cuda[:N]")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_sample)
 
@@ -308,7 +311,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _AboveProgressBars(logging.Handler):
+    """Library messages (``logging``, logger ``ddpmkit``) as plain lines on stdout, written with
+    ``tqdm.write`` so that a running progress bar (stderr) is cleared first and redrawn below."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm.auto import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stdout)
+        except Exception:
+            self.handleError(record)
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """What the CLI shows of the library's messages: INFO and up of logger ``ddpmkit``, once."""
+    logger = logging.getLogger("ddpmkit")
+    logger.setLevel(level)
+    if not any(isinstance(h, _AboveProgressBars) for h in logger.handlers):
+        logger.addHandler(_AboveProgressBars())
+
+
 def main(argv: list[str] | None = None) -> int:
+    configure_logging()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -10,6 +11,7 @@ from .checkpoint import find_checkpoint
 from .config import load_config
 from .errors import UserError
 
+log = logging.getLogger(__name__)
 # package data, so an installed `ddpmkit demo` finds it (configs/digits.toml in the repository links here)
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "digits.toml"
 
@@ -30,12 +32,12 @@ def run_demo(out: Path, *, config: str | None = None, steps: int | None = None, 
     except UserError:
         done = None
     if done is None or done < cfg.train.steps:
-        print(f"training {config_path.name} for {cfg.train.steps} steps into {run_dir}"
-              + (f" (resuming at step {done})" if done is not None else ""))
+        log.info(f"training {config_path.name} for {cfg.train.steps} steps into {run_dir}"
+                 + (f" (resuming at step {done})" if done is not None else ""))
         trainer = Trainer(cfg, resume=done is not None, progress=progress)
         trainer.train()
     else:
-        print(f"{run_dir} is already trained ({done} steps); drawing the pictures again")
+        log.info(f"{run_dir} is already trained ({done} steps); drawing the pictures again")
 
     run = load_run(run_dir)
     item = run.item_shape
@@ -59,11 +61,11 @@ def run_demo(out: Path, *, config: str | None = None, steps: int | None = None, 
     paths["loss"] = out / "loss.png"
     viz.plot_loss_curve(run_dir / "metrics.jsonl", paths["loss"])
     score = recognisability(x)
-    print("demo pictures:")
+    log.info("demo pictures:")
     for name, p in paths.items():
-        print(f"  {name:<10} {p}")
-    print(f"the shipped digits classifier (99.7% test accuracy) is confident (p > 0.9) on {score['confident']:.0%} "
-          f"of the 100 samples and assigns them to {score['classes']} of 10 classes")
+        log.info(f"  {name:<10} {p}")
+    log.info(f"the shipped digits classifier (99.7% test accuracy) is confident (p > 0.9) on {score['confident']:.0%} "
+             f"of the 100 samples and assigns them to {score['classes']} of 10 classes")
     return {"paths": paths, "score": score}
 
 

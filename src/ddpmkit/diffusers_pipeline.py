@@ -115,7 +115,7 @@ def _schedule_keys(betas: np.ndarray) -> dict:
             "trained_betas": [float(b) for b in betas]}
 
 
-def _schedule_name(betas: np.ndarray) -> str:
+def schedule_name(betas: np.ndarray) -> str:
     """The ddpmkit schedule name that reproduces ``betas`` at their T, else 'custom'."""
     for name in SCHEDULES:
         if np.allclose(get_betas(name, betas.size), betas, rtol=1e-12, atol=0):
@@ -288,7 +288,7 @@ def read_diffusers_pipeline(path: str | os.PathLike):
     betas = process.betas.numpy()
     cfg = Config(data=DataSection(name="diffusers", image_size=model.config.image_size,
                                   channels=model.config.in_channels),
-                 diffusion=DiffusionSection(schedule=_schedule_name(betas), timesteps=int(betas.size),
+                 diffusion=DiffusionSection(schedule=schedule_name(betas), timesteps=int(betas.size),
                                             prediction=process.prediction, variance=process.variance),
                  model=ModelSection(kind="unet", preset="diffusers"))
     ckpt = Checkpoint(step=0, config=cfg.to_dict(), network=network, model=model.state_dict(), ema=None,
@@ -296,5 +296,5 @@ def read_diffusers_pipeline(path: str | os.PathLike):
     return cfg, process, model, ckpt
 
 
-__all__ = ["diffusers_betas", "scheduler_config", "model_index", "write_diffusers_pipeline", "pipeline_dir",
-           "process_from_scheduler_config", "read_diffusers_pipeline", "is_our_pipeline_export"]
+__all__ = ["schedule_name", "diffusers_betas", "scheduler_config", "model_index", "write_diffusers_pipeline",
+           "pipeline_dir", "process_from_scheduler_config", "read_diffusers_pipeline", "is_our_pipeline_export"]

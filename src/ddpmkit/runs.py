@@ -22,6 +22,29 @@ from .networks.factory import config_from_dict as network_from_dict
 from .samplers import default_steps, sample, sampling_process
 
 
+def pick_device(name: str | torch.device, info=None) -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; under DDP (``info``, a
+    ``training.distributed.DistInfo``) plain ``cuda`` is this rank's GPU.  The one device rule of the
+    library and every command."""
+    name = str(name)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"device {name!r} but CUDA is not available; use 'cpu' or 'auto'")
+        if name == "cuda" and info is not None and info.enabled:
+            name = f"cuda:{info.local_rank}"
+    elif name != "cpu":
+        raise UserError(f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:N")
+    return torch.device(name)
+
+
+def default_clip_x0(item_shape: tuple[int, ...]) -> bool:
+    """Whether sampling clips the predicted x0 to [-1, 1] unless told otherwise: for images (pixels live
+    there), not for points.  The one default of the library (``generate``, ``Pipeline``) and the CLI."""
+    return len(item_shape) == 3
+
+
 def build_process(d: DiffusionSection, device: torch.device | str = "cpu") -> GaussianDiffusion:
     try:
         return GaussianDiffusion.from_schedule(d.schedule, d.timesteps, prediction=d.prediction,
@@ -116,6 +139,10 @@ class LoadedRun:
     def balanced_labels(self, n: int):
         return balanced_labels(n, self.num_classes)
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 
@@ -133,12 +160,14 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
     return Path(path)
 
 
-def load_run(path: str | Path, *, device: str | torch.device = "cpu", use_ema: bool = True,
+def load_run(path: str | Path, *, device: str | torch.device = "auto", use_ema: bool = True,
              require_ema: bool = False) -> LoadedRun:
     """A run directory, checkpoint directory, ``pretrained:NAME``, or a diffusers DDPM/DDIM pipeline
     directory (``diffusers:DIR``, or any DIR with a ``model_index.json``), rebuilt for sampling.  A
     diffusers pipeline holds one set of weights: they are used as they are (``use_ema`` and
-    ``require_ema`` do not apply)."""
+    ``require_ema`` do not apply).  The network comes back in eval mode on ``device`` (see
+    :func:`pick_device`)."""
+    device = pick_device(device)
     pipe = pipeline_dir(path)
     if pipe is not None:
         cfg, process, model, ckpt = read_diffusers_pipeline(pipe)
@@ -171,37 +200,52 @@ def model_fn_of(model: nn.Module):
 @torch.no_grad()
 def generate(model: nn.Module, process: GaussianDiffusion, n: int, item_shape: tuple[int, ...], *,
              sampler: str = "ddim", steps: int | None = None, seed: int = 0,
-             y: int | torch.Tensor | None = None, guidance: float | None = None, clip_x0: bool = True,
+             generator: torch.Generator | None = None,
+             y: int | torch.Tensor | None = None, guidance: float | None = None, clip_x0: bool | None = None,
              spacing: str | None = None, batch_size: int = 256, callback=None, progress: bool = False,
-             device: str | torch.device = "cpu", **options) -> torch.Tensor:
+             device: str | torch.device | None = None, **options) -> torch.Tensor:
     """``n`` samples in model range.  The initial noise is drawn for all n at once from one generator
     seeded by ``seed``, so the batch size changes nothing for deterministic samplers (ancestral
     samplers draw per-batch noise from a generator seeded by (seed, batch start)).  The noise does
     depend on n: torch draws large normal tensors in a different order than small ones.
     ``steps`` None is the sampler's default (``samplers.default_steps``), ``spacing`` None its own;
     ``options`` are the sampler's own (``eta`` for ddim, ``order`` for dpm++), others are an error.
-    ``callback(step, t, x_t, x0_pred)`` is passed to the sampler for every batch."""
+    ``callback(step, t, x_t, x0_pred)`` is passed to the sampler for every batch.
+    ``generator`` (instead of ``seed``) draws x_T and then every batch's noise, in that order.
+    ``clip_x0`` None is :func:`default_clip_x0` (images yes, points no); ``device`` None is the
+    model's.  The model runs in eval mode (its mode is restored afterwards)."""
     if steps is None:
         steps = default_steps(sampler, process.num_timesteps)
-    g = torch.Generator().manual_seed(seed)
+    if clip_x0 is None:
+        clip_x0 = default_clip_x0(item_shape)
+    if device is None:
+        device = next(iter(model.parameters()), torch.empty(0)).device
+    g = generator if generator is not None else torch.Generator().manual_seed(seed)
     x_T = torch.randn((n, *item_shape), generator=g)
     model_fn = model_fn_of(model)
     if guidance is not None and model_fn.num_classes is None:
         raise UserError("--guidance needs a class-conditional model; this one is unconditional")
     labels = None if y is None else torch.as_tensor(y).reshape(-1).long()
-    outs = []
-    for start in range(0, n, batch_size):
-        xb = x_T[start:start + batch_size].to(device)
-        b = xb.shape[0]
-        yb = None
-        if labels is not None:
-            yb = (labels.expand(b) if labels.numel() == 1 else labels[start:start + b]).to(device)
-        gen = torch.Generator(device=torch.device(device)).manual_seed(derive_seed(seed, start))
-        outs.append(sample(sampler, model_fn, process, xb, steps=steps, spacing=spacing, generator=gen,
-                           clip_x0=clip_x0, guidance=guidance, y=yb, callback=callback, progress=progress,
-                           **options).cpu())
+    outs, was_training = [], model.training
+    model.eval()
+    try:
+        for start in range(0, n, batch_size):
+            xb = x_T[start:start + batch_size].to(device)
+            b = xb.shape[0]
+            yb = None
+            if labels is not None:
+                yb = (labels.expand(b) if labels.numel() == 1 else labels[start:start + b]).to(device)
+            gen = generator
+            if gen is None:
+                gen = torch.Generator(device=torch.device(device)).manual_seed(derive_seed(seed, start))
+            outs.append(sample(sampler, model_fn, process, xb, steps=steps, spacing=spacing, generator=gen,
+                               clip_x0=clip_x0, guidance=guidance, y=yb, callback=callback, progress=progress,
+                               **options).cpu())
+    finally:
+        model.train(was_training)
     return torch.cat(outs)
 
 
-__all__ = ["build_process", "resolve_network_config", "build_model", "load_run", "generate", "LoadedRun",
-           "balanced_labels", "derive_seed", "item_shape_of", "model_fn_of", "sampling_process"]
+__all__ = ["pick_device", "default_clip_x0", "build_process", "resolve_network_config", "build_model", "load_run",
+           "generate", "LoadedRun", "balanced_labels", "derive_seed", "item_shape_of", "model_fn_of",
+           "sampling_process"]

@@ -119,6 +119,7 @@ def test_ddp_two_processes_match_one_process(tmp_path):
         cmd += ["--set", s]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("finished 3 steps") == 1  # rank 0 reports, rank 1 does not
     single = train(load_config(ROOT / "configs" / "toy2d.toml", toy_sets(tmp_path / "one", 3)), progress=False)
     cd, cs = load_checkpoint(tmp_path / "ddp"), load_checkpoint(single.run_dir)
     assert cd.step == cs.step == 3 and cd.extra["world_size"] == 2

@@ -19,6 +19,7 @@ def _load(args):
     from ..runs import load_run
 
     run = load_run(args.checkpoint, device=args.device, use_ema=not args.no_ema, require_ema=not args.no_ema)
+    args.device = str(run.device)  # 'auto' resolved once, for every later step
     if args.no_ema and run.checkpoint.ema is not None:
         _warn("--no-ema: evaluating the raw weights although the checkpoint has EMA weights")
     return run
@@ -205,11 +206,12 @@ def cmd_rate_distortion(args) -> int:
 # --- parser -----------------------------------------------------------------------------------
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="run directory, checkpoint directory or pretrained:NAME")
+    p.add_argument("--checkpoint", required=True,
+                   help="run directory, checkpoint directory, pretrained:NAME or a diffusers pipeline directory")
     p.add_argument("--no-ema", action="store_true",
                    help="use the raw weights (needed for checkpoints without EMA weights)")
     p.add_argument("--data-dir", default=None, help="data directory (default: the run's data.data_dir)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available, default), cpu or cuda[:N]")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

@@ -12,6 +12,7 @@ each process takes its slice.  Hence:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import signal
 import time
@@ -28,24 +29,12 @@ from ..config import Config, dump_toml
 from ..diffusion.losses import training_losses
 from ..diffusion.timesteps import make_timestep_sampler
 from ..errors import TrainingDiverged, UserError
-from ..runs import balanced_labels, build_model, build_process, derive_seed, resolve_network_config
+from ..runs import balanced_labels, build_model, build_process, derive_seed, pick_device, resolve_network_config
 from . import distributed as D
 from .ema import EMA
 
 QUARTERS = 4
-
-
-def pick_device(name: str, info: D.DistInfo | None = None) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError(f"run.device = {name!r} but CUDA is not available; use 'cpu' or 'auto'")
-        if name == "cuda" and info is not None and info.enabled:
-            name = f"cuda:{info.local_rank}"
-    elif name != "cpu":
-        raise UserError(f"unknown run.device {name!r}; valid: auto, cpu, cuda, cuda:N")
-    return torch.device(name)
+logger = logging.getLogger(__name__)
 
 
 def step_seed(seed: int, step: int, stream: int = 0) -> int:
@@ -70,17 +59,21 @@ class TrainResult:
     stopped_early: bool
     run_dir: Path
     last_loss: float
+    main_process: bool = True       # False on the other ranks of a torchrun launch
 
 
 class Trainer:
     def __init__(self, cfg: Config, *, resume: bool = False, progress: bool = True,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] | None = None):
         self.cfg = cfg
-        self.log_fn = log
+        self.log_fn = log or logger.info  # messages go to logging (the CLI shows them above the progress bar)
         self.progress = progress
         self.run_dir = Path(cfg.run.out_dir)
-        self.dist = D.init_distributed("cuda" if pick_device(cfg.run.device).type == "cuda" else "cpu")
-        self.device = pick_device(cfg.run.device, self.dist)
+        try:
+            self.dist = D.init_distributed("cuda" if pick_device(cfg.run.device).type == "cuda" else "cpu")
+            self.device = pick_device(cfg.run.device, self.dist)
+        except UserError as e:
+            raise UserError(f"run.{e}") from None
         if cfg.run.threads > 0:
             torch.set_num_threads(cfg.run.threads)
         t = cfg.train
@@ -402,7 +395,8 @@ class Trainer:
                 signal.signal(sig, h)
             if self.writer is not None:
                 self.writer.close()
-        return TrainResult(step=self.step, stopped_early=stopped, run_dir=self.run_dir, last_loss=last_loss)
+        return TrainResult(step=self.step, stopped_early=stopped, run_dir=self.run_dir, last_loss=last_loss,
+                           main_process=self.dist.is_main)
 
 
 def train(cfg: Config, *, resume: bool = False, progress: bool = True, max_steps: int | None = None) -> TrainResult:
