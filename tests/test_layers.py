@@ -17,7 +17,7 @@ FLOORS = {
     "networks": 2, "viz": 2, "testing": 2,
     "samplers": 3, "diffusers_pipeline": 3,
     "runs": 4,
-    "training": 5, "evaluation": 5,
+    "training": 5, "evaluation": 5, "pipeline": 5,
     "demo": 6, "cli": 6, "evaluation.cli": 6, "__main__": 6, "__init__": 6,
 }
 
