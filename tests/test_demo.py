@@ -2,11 +2,11 @@
 
 import fnmatch
 import logging
+import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
-import tomllib
 import torch
 from PIL import Image
 

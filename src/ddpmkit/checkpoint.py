@@ -49,6 +49,7 @@ def _write_bytes_synced(path: Path, data: bytes) -> None:
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
+    os.chmod(path, 0o644)  # safetensors writes 0600; weights are as shareable as the JSON beside them
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
 
@@ -98,6 +99,7 @@ def save_checkpoint(run_dir: str | Path, ckpt: Checkpoint, keep: int = 3) -> Pat
     root.mkdir(parents=True, exist_ok=True)
     name = f"{PREFIX}{ckpt.step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private
     try:
         _save_tensors(ckpt.model, tmp / "model.safetensors")
         if ckpt.ema is not None:

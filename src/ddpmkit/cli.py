@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from . import __version__
 from .argtypes import int_list, positive_int, sampler_options
 from .errors import TrainingDiverged, UserError
 
@@ -53,7 +54,7 @@ def cmd_sample(args) -> int:
         raise UserError("--trajectory draws images; this model generates points")
     recorder = None
     if args.trajectory:
-        recorder = viz.TrajectoryRecorder(args.trajectory)
+        recorder = viz.TrajectoryRecorder(args.trajectory, max_samples=args.trajectory_n)
     steps = args.steps or default_steps(args.sampler, run.process.num_timesteps)
     x = generate(run.model, run.process, args.n, run.item_shape, sampler=args.sampler, steps=steps,
                  seed=args.seed, y=args.class_label, guidance=args.guidance, clip_x0=False if args.no_clip else None,
@@ -67,8 +68,11 @@ def cmd_sample(args) -> int:
         print(f"wrote {args.npy} (float32 in [-1, 1], shape {tuple(x.shape)})")
     if recorder is not None:
         traj_out = Path(args.trajectory_out or out.with_name(out.stem + "_trajectory.png"))
-        snaps = [(t, xt[: args.trajectory_n], x0[: args.trajectory_n]) for t, xt, x0 in recorder.snapshots]
-        viz.save_trajectory(snaps, traj_out)
+        shown = min(args.trajectory_n, args.n, args.batch_size)  # the recorder sees one batch at a time
+        if shown < args.trajectory_n:
+            print(f"--trajectory-n {args.trajectory_n}: showing {shown} (-n {args.n}, --batch-size {args.batch_size})")
+        snaps = [(t, xt[:shown], x0[:shown]) for t, xt, x0 in recorder.snapshots]
+        viz.save_trajectory(snaps, traj_out, max_samples=shown)
         print(f"wrote {traj_out} (x_t and predicted x0 at t = {', '.join(str(s[0]) for s in snaps)})")
     return 0
 
@@ -191,6 +195,33 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_configs(args) -> int:
+    import shutil
+
+    from .config import shipped_configs
+
+    shipped = shipped_configs()
+    if args.name is None:
+        for name, path in shipped.items():
+            lines = path.read_text().splitlines()
+            print(f"{name:<16} {lines[0].lstrip('# ') if lines and lines[0].startswith('#') else ''}")
+        print("use one by name (--config digits) or copy it: ddpmkit configs NAME --out FILE")
+        return 0
+    name = args.name[:-len(".toml")] if args.name.endswith(".toml") else args.name
+    if name not in shipped:
+        raise UserError(f"no shipped config {args.name!r}; shipped: {', '.join(shipped)}")
+    if args.out is None:
+        sys.stdout.write(shipped[name].read_text())
+        return 0
+    out = Path(args.out)
+    if out.exists():
+        raise UserError(f"{out} exists; not overwriting it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(shipped[name], out)
+    print(f"wrote {out} (a copy of the shipped {name} config)")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -208,12 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ddpmkit", epilog=EPILOG,
         description="Train and sample denoising diffusion probabilistic models (DDPM, Improved DDPM, DDIM, "
                     "DPM-Solver++).")
+    p.add_argument("--version", action="version", version=f"ddpmkit {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     t = sub.add_parser("train", help="train a model from a TOML config",
                        description="Train a model. Runs single-process, or data-parallel under "
                                    "`torchrun --nproc_per_node N -m ddpmkit train ...` (gloo on CPU, NCCL on CUDA).")
-    t.add_argument("--config", required=True, help="TOML config, e.g. configs/digits.toml")
+    t.add_argument("--config", required=True,
+                   help="TOML config file, or a shipped config by name (digits, toy2d, ...; see `ddpmkit configs`)")
     t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value (TOML literal), e.g. --set train.lr=1e-4; repeatable")
     t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in run.out_dir")
@@ -248,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--trajectory", type=int_list, default=None, metavar="T1,T2,...",
                    help="also draw x_t and the predicted x0 at these time indices, e.g. 999,750,500,250,0")
     s.add_argument("--trajectory-out", default=None, help="trajectory PNG (default: OUT_trajectory.png)")
-    s.add_argument("--trajectory-n", type=positive_int, default=8, help="samples shown in the trajectory")
+    s.add_argument("--trajectory-n", type=positive_int, default=8,
+                   help="samples shown in the trajectory (default 8; at most -n and --batch-size)")
     s.add_argument("--batch-size", type=positive_int, default=256, help="samples per network batch")
     s.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     s.add_argument("--no-clip", action="store_true",
@@ -292,20 +326,33 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="plots: loss curve of a run, schedules",
                         description="`plot loss RUN --out loss.png` draws metrics.jsonl; `plot schedules --out "
                                     "s.png` draws alpha_bar and log-SNR of linear vs cosine.")
-    pl.add_argument("what", choices=["loss", "schedules"])
-    pl.add_argument("run", nargs="?", default=None, help="run directory (for loss)")
-    pl.add_argument("--out", required=True, help="output PNG")
-    pl.add_argument("--timesteps", type=positive_int, default=1000, help="T for schedule plots")
-    pl.set_defaults(func=cmd_plot)
+    plots = pl.add_subparsers(dest="what", metavar="WHAT", required=True)
+    pll = plots.add_parser("loss", help="loss curve of a run",
+                           description="Loss against step (raw and smoothed, log scale), the loss per quarter of t "
+                                       "and the learning rate, from RUN/metrics.jsonl.")
+    pll.add_argument("run", help="run directory")
+    pll.add_argument("--out", required=True, help="output PNG")
+    pls = plots.add_parser("schedules", help="linear vs cosine schedules",
+                           description="alpha_bar and log-SNR of the linear and cosine schedules against t.")
+    pls.add_argument("--out", required=True, help="output PNG")
+    pls.add_argument("--timesteps", type=positive_int, default=1000, help="T (default 1000)")
+    pl.set_defaults(func=cmd_plot, run=None, timesteps=1000)
 
     d = sub.add_parser("demo", help="train the digits demo and write pictures",
                        description="Train configs/digits.toml (about 5 minutes on 2 CPU cores), then write "
                                    "samples.png, trajectory.png, forward.png and loss.png.")
     d.add_argument("--out", default="demo", help="output directory (default demo/)")
-    d.add_argument("--config", default=None, help="config (default: the built-in digits config)")
+    d.add_argument("--config", default=None, help="config file or shipped name (default: the shipped digits config)")
     d.add_argument("--steps", type=positive_int, default=None, help="override train.steps")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_demo)
+
+    c = sub.add_parser("configs", help="list the shipped configs, print or copy one",
+                       description="The configs that come with ddpmkit (package data). `--config NAME` uses one by "
+                                   "name anywhere; `ddpmkit configs NAME --out FILE` copies it to edit.")
+    c.add_argument("name", nargs="?", default=None, help="config to print (or copy with --out)")
+    c.add_argument("--out", default=None, help="write a copy here (never overwrites)")
+    c.set_defaults(func=cmd_configs)
 
     add_eval_parser(sub)
     return p

@@ -8,13 +8,12 @@ and ``eval`` need only the checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from .errors import UserError
 
@@ -173,12 +172,32 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"  # package data: the wheel ships them
+
+
+def shipped_configs() -> dict[str, Path]:
+    """The configs that come with ddpmkit, by name (``digits`` -> .../ddpmkit/configs/digits.toml)."""
+    return {p.stem: p for p in sorted(SHIPPED_CONFIGS.glob("*.toml"))}
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config file: ``path`` itself when it is a file, else the shipped config of that name
+    (``digits`` or ``digits.toml``).  Errors name the shipped ones."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    shipped = shipped_configs()
+    name = p.name[:-len(".toml")] if p.name.endswith(".toml") else p.name
+    if p.parent in (Path("."), Path("configs")) and name in shipped:
+        return shipped[name]
+    raise UserError(f"config file not found: {p}; shipped configs (usable by name, `ddpmkit configs` lists "
+                    f"them): {', '.join(shipped)}")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     data: dict = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"config file not found: {p}")
+        p = resolve_config_path(path)
         try:
             data = tomllib.loads(p.read_text())
         except tomllib.TOMLDecodeError as e:

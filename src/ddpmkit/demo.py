@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import find_checkpoint
-from .config import load_config
+from .config import load_config, resolve_config_path
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -21,9 +21,7 @@ def run_demo(out: Path, *, config: str | None = None, steps: int | None = None, 
     from .runs import generate, load_run
     from .training.trainer import Trainer, load_training_data
 
-    config_path = Path(config) if config else DEFAULT_CONFIG
-    if not config_path.is_file():
-        raise UserError(f"demo config not found: {config_path}; pass --config configs/digits.toml")
+    config_path = resolve_config_path(config) if config else DEFAULT_CONFIG
     overrides = [f'run.out_dir="{out / "run"}"'] + ([f"train.steps={steps}"] if steps else [])
     cfg = load_config(config_path, overrides)
     run_dir = Path(cfg.run.out_dir)
@@ -35,7 +33,10 @@ def run_demo(out: Path, *, config: str | None = None, steps: int | None = None, 
         log.info(f"training {config_path.name} for {cfg.train.steps} steps into {run_dir}"
                  + (f" (resuming at step {done})" if done is not None else ""))
         trainer = Trainer(cfg, resume=done is not None, progress=progress)
-        trainer.train()
+        result = trainer.train()
+        if result.stopped_early:  # Ctrl-C / SIGTERM: the checkpoint is saved; drawing 1000-step pictures now
+            log.info(f"stopped at step {result.step}; run the demo again to resume")  # would ignore the request
+            return {"paths": {}, "score": None, "stopped_at": result.step}
     else:
         log.info(f"{run_dir} is already trained ({done} steps); drawing the pictures again")
 

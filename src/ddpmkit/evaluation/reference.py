@@ -3,8 +3,9 @@
 The cache key hashes: the dataset name, split, subset size and seed, image size and channels, the
 exact uint8 pixels used (so a changed or different copy of the data never reuses stale statistics),
 the dataset's files (names and sizes) and the feature network's name and weights hash.  The cache
-lives beside the data (``DATA_DIR/.ddpmkit-cache/``) when that directory is writable, else in the
-user cache (``$DDPMKIT_CACHE_DIR`` or ``$XDG_CACHE_HOME/ddpmkit`` or ``~/.cache/ddpmkit``).
+lives in the user cache (``$DDPMKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/ddpmkit`` or
+``~/.cache/ddpmkit``), never beside the data: a data folder may be a system package's
+(``/usr/share/datasets``) or shared read-only.
 """
 
 from __future__ import annotations
@@ -33,25 +34,10 @@ def user_cache_dir() -> Path:
     return Path(base) / "ddpmkit"
 
 
-def _writable_dir(p: Path) -> bool:
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-        probe = p / f".probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-        return True
-    except OSError:
-        return False
-
-
 def cache_dir_for(source: str, override: str | Path | None = None) -> Path:
     """Where to cache statistics for data from ``source`` (a directory, or a description)."""
     if override:
         return Path(override)
-    if not os.environ.get("DDPMKIT_CACHE_DIR") and source and Path(source).is_dir():
-        beside = Path(source) / ".ddpmkit-cache"
-        if _writable_dir(beside):
-            return beside
     return user_cache_dir() / "fid-stats"
 
 

@@ -133,6 +133,14 @@ def plot_points(points, out_path, reference=None, title: str | None = None, lim:
     return save_figure(fig, out_path)
 
 
+def distortion_needs_log_axis(distortion) -> bool:
+    """A log distortion axis when the positive values span more than two decades (linear axes would
+    show one point and a flat line)."""
+    d = np.asarray(distortion, dtype=np.float64)
+    d = d[np.isfinite(d) & (d > 0)]
+    return d.size > 1 and d.max() / d.min() > 100.0
+
+
 def plot_rate_distortion(rate, distortion, out_path, t=None) -> Path:
     """Distortion (RMSE on [0, 255]) against rate (bits/dim), as DDPM Fig. 5; with ``t`` also both against t."""
     rate, distortion = np.asarray(rate, dtype=np.float64), np.asarray(distortion, dtype=np.float64)
@@ -149,6 +157,9 @@ def plot_rate_distortion(rate, distortion, out_path, t=None) -> Path:
     ax = axes[0, panels - 1]
     ax.plot(rate, distortion, marker=".", ms=3)
     ax.set(xlabel="rate (bits/dim)", ylabel="distortion (RMSE, [0, 255])", title="rate-distortion")
+    if distortion_needs_log_axis(distortion):  # e.g. a cosine model's RMSE of 4e5 at t = T-1 beside ~10 elsewhere
+        for a in (axes[0, 0], ax) if t is not None else (ax,):
+            a.set_yscale("log")
     for a in axes[0]:
         a.grid(alpha=0.3)
     fig.tight_layout()
