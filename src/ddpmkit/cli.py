@@ -232,6 +232,7 @@ def cmd_demo(args) -> int:
 # --- parser ---------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
+    from .data.cli import add_data_parser
     from .evaluation.cli import add_eval_parser
     from .samplers import SAMPLERS, SPACINGS
 
@@ -354,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default=None, help="write a copy here (never overwrites)")
     c.set_defaults(func=cmd_configs)
 
+    add_data_parser(sub)
     add_eval_parser(sub)
     return p
 

@@ -35,6 +35,9 @@ class DataSection:
     n: int = 0                      # number of points for 2-D toy sets (0 = default)
     flip: bool = False              # random horizontal flips
     class_conditional: bool = False
+    storage: str = "auto"           # auto (prepared for image-folder, memory otherwise) | memory | prepared
+    prepared_dir: str = ""          # where prepared copies live; "" = $DDPMKIT_PREPARED_DIR or ~/.cache/ddpmkit/prepared
+    workers: int = 0                # decoding processes for the prepared copy; 0 = one per CPU core
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def metrics(run):
     rows = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k != "img_per_s"} for r in rows]
+    return [{k: v for k, v in r.items() if k not in ("img_per_s", "data_wait_s")} for r in rows]
 
 
 def assert_same_state(a, b):

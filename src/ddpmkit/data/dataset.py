@@ -79,12 +79,20 @@ class Dataset:
     def image_size(self) -> int | None:
         return int(self.x.shape[-1]) if self.kind == "image" else None
 
+    def rows(self, indices) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(x, y) for the given indices as stored (uint8 images, float32 points); a copy, also when ``x``
+        is a memory map, so only these rows are read."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return self.x[idx], (None if self.y is None else self.y[idx])
+
+    def to_model(self, x: torch.Tensor) -> torch.Tensor:
+        """Rows from :meth:`rows` -> what the model sees (images in [-1, 1])."""
+        return to_model_range(x) if self.kind == "image" else x
+
     def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(x, y) for the given indices: images as float32 in [-1, 1], points as float32."""
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        x = self.x[idx]
-        x = to_model_range(x) if self.kind == "image" else x.clone()
-        return x, (None if self.y is None else self.y[idx])
+        x, y = self.rows(indices)
+        return self.to_model(x), y
 
 
 # --- image helpers used by the loaders --------------------------------------------------------

@@ -22,14 +22,20 @@ def find_images(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def _read(path: Path, size: int, mode: str) -> np.ndarray:
+# what a corrupt or unsupported file raises while it is decoded: skipped and counted, never fatal
+UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def read_image(path: Path, size: int, mode: str) -> tuple[np.ndarray, tuple[int, int]]:
+    """(uint8 (C, size, size), original (width, height)) of one file; raises one of ``UNREADABLE``."""
     with Image.open(path) as img:
         img.load()
+        original = img.size
         if img.mode in ("P", "LA", "RGBA", "PA") and mode == "RGB":
             img = img.convert("RGBA")  # keep palette transparency meaningful before dropping alpha
         img = resize_center_crop(img.convert(mode), size)
     arr = np.asarray(img, dtype=np.uint8)
-    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return (arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)), original
 
 
 def load_image_folder_arrays(data_dir, image_size: int | None, channels: int | None
@@ -46,9 +52,9 @@ def load_image_folder_arrays(data_dir, image_size: int | None, channels: int | N
     images, kept, skipped = [], [], []
     for path in find_images(root):
         try:
-            images.append(_read(path, image_size, mode))
+            images.append(read_image(path, image_size, mode)[0])
             kept.append(path)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        except UNREADABLE:
             skipped.append(path)
     if skipped:
         warnings.warn(f"skipped {len(skipped)} unreadable image file(s) under {root} "

@@ -32,6 +32,7 @@ from ..errors import TrainingDiverged, UserError
 from ..runs import balanced_labels, build_model, build_process, derive_seed, pick_device, resolve_network_config
 from . import distributed as D
 from .ema import EMA
+from .prefetch import Prefetcher
 
 QUARTERS = 4
 logger = logging.getLogger(__name__)
@@ -42,13 +43,27 @@ def step_seed(seed: int, step: int, stream: int = 0) -> int:
     return derive_seed(seed, step * 9_176 + stream * 7_919 + 12_345)
 
 
-def load_training_data(cfg: Config):
+def load_training_data(cfg: Config, dist: D.DistInfo | None = None, *, progress: bool = False,
+                       log: Callable[[str], None] = print):
+    """The training set of ``cfg``: in memory, or a memory map of its prepared copy (built first when
+    missing or stale; under DDP by rank 0 while the other ranks wait)."""
     from ..data import load_dataset
+    from ..data import prepared as P
 
     d = cfg.data
     try:
-        return load_dataset(d.name, data_dir=d.data_dir or None, split="train", image_size=d.image_size or None,
-                            channels=d.channels or None, n=d.n or None, seed=cfg.run.seed)
+        if P.resolve_storage(d.name, d.storage) == "memory":
+            return load_dataset(d.name, data_dir=d.data_dir or None, split="train", image_size=d.image_size or None,
+                                channels=d.channels or None, n=d.n or None, seed=cfg.run.seed)
+        src = P.folder_source(d.data_dir, d.image_size, d.channels)
+        if dist is None or dist.is_main:
+            report = P.prepare(src, cache_root=d.prepared_dir or None, workers=P.default_workers(d.workers),
+                               progress=progress, log=log)
+            log(P.report_line(report, src))
+        if dist is not None:
+            D.barrier(dist)
+        root = Path(d.prepared_dir) if d.prepared_dir else P.default_cache_root()
+        return P.open_prepared(root / src.key(), n=d.n or None, seed=cfg.run.seed)
     except ValueError as e:
         raise UserError(str(e)) from None
 
@@ -78,7 +93,10 @@ class Trainer:
             torch.set_num_threads(cfg.run.threads)
         t = cfg.train
         self._check_train_section()
-        self.data = load_training_data(cfg)
+        self.data = load_training_data(cfg, self.dist, progress=progress and self.dist.is_main,
+                                       log=log if self.dist.is_main else (lambda _msg: None))
+        self._perm: tuple[int, torch.Tensor] | None = None  # (epoch, permutation) of the last epoch drawn
+        self._prefetcher: Prefetcher | None = None
         if cfg.data.class_conditional and not self.data.num_classes:
             raise UserError(f"data.class_conditional = true but {cfg.data.name!r} has no labels")
         self.process = build_process(cfg.diffusion, self.device)
@@ -180,23 +198,35 @@ class Trainer:
         t = self.cfg.train
         return t.lr * min(1.0, (step + 1) / t.warmup) if t.warmup > 0 else t.lr
 
-    def _global_batch(self, step: int):
-        """Indices, t, weights, noise, flips and label drops for the whole global batch of ``step``."""
-        cfg, B, N = self.cfg, self.cfg.train.batch_size, len(self.data)
-        if N < B:
-            per_epoch, pos = 1, 0
-        else:
-            per_epoch = N // B
-            pos = (step % per_epoch) * B
+    def batch_indices(self, step: int) -> torch.Tensor:
+        """Data indices of the global batch of ``step``: a pure function of (seed, step) -- each epoch is
+        one seeded permutation -- so they can be read ahead and resumed exactly."""
+        B, N = self.cfg.train.batch_size, len(self.data)
+        per_epoch = 1 if N < B else N // B
         epoch = step // per_epoch
-        perm = torch.randperm(N, generator=torch.Generator().manual_seed(step_seed(cfg.run.seed, epoch, 1)))
-        idx = perm[pos:pos + B] if N >= B else perm[torch.arange(B) % N]
+        cached = self._perm
+        if cached is None or cached[0] != epoch:
+            g = torch.Generator().manual_seed(step_seed(self.cfg.run.seed, epoch, 1))
+            cached = self._perm = (epoch, torch.randperm(N, generator=g))
+        perm = cached[1]
+        if N < B:
+            return perm[torch.arange(B) % N]
+        pos = (step % per_epoch) * B
+        return perm[pos:pos + B]
+
+    def fetch(self, step: int):
+        """This process's rows of the batch of ``step`` (uint8 images as stored, labels): its slice only."""
+        return self.data.rows(self._local(self.batch_indices(step)))
+
+    def _global_batch(self, step: int):
+        """t, weights, noise, flips and label drops for the whole global batch of ``step``."""
+        cfg, B = self.cfg, self.cfg.train.batch_size
         g = torch.Generator().manual_seed(step_seed(cfg.run.seed, step, 2))
         t, w = self.t_sampler.sample(B, generator=g)
         noise = torch.randn((B, *self.data.shape), generator=g)
         flip = torch.rand(B, generator=g) < 0.5
         drop = torch.rand(B, generator=g) < cfg.train.cond_drop_prob
-        return idx, t, w, noise, flip, drop
+        return t, w, noise, flip, drop
 
     def _local(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0] // self.dist.world_size
@@ -210,8 +240,9 @@ class Trainer:
 
     def train_step(self) -> dict:
         cfg, step = self.cfg, self.step
-        idx, t, w, noise, flip, drop = (self._local(v) for v in self._global_batch(step))
-        x0, y = self.data.batch(idx)
+        t, w, noise, flip, drop = (self._local(v) for v in self._global_batch(step))
+        x0, y = self._prefetcher.get(step) if self._prefetcher is not None else self.fetch(step)
+        x0 = self.data.to_model(x0)
         if cfg.data.flip and x0.ndim == 4:
             x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
         if cfg.data.class_conditional:
@@ -276,6 +307,9 @@ class Trainer:
         row = {"step": self.step, "loss": w["loss_sum"] / max(w["count"], 1),
                "lr": self.lr_at(self.step - 1), "grad_norm": w["grad_norm_sum"] / max(w["steps"], 1),
                "img_per_s": img_per_s}
+        if self._prefetcher is not None:  # seconds the steps of this window waited for their data
+            row["data_wait_s"] = self._prefetcher.wait_seconds - self._wait_logged
+            self._wait_logged = self._prefetcher.wait_seconds
         for qi in range(QUARTERS):
             if w["q_count"][qi]:
                 row[f"loss_q{qi}"] = w["q_sum"][qi] / w["q_count"][qi]
@@ -359,6 +393,7 @@ class Trainer:
             bar = tqdm(total=end, initial=self.step, desc="train", dynamic_ncols=True)
         last_loss, stopped = float("nan"), False
         tick, imgs = time.perf_counter(), 0
+        self._prefetcher, self._wait_logged = Prefetcher(self.fetch, self.step, end), 0.0
         try:
             while self.step < end:
                 out = self.train_step()
@@ -389,6 +424,8 @@ class Trainer:
             # still writing the picture can abort in gloo's threads (seen once as SIGABRT in the DDP test).
             D.barrier(self.dist)
         finally:
+            self._prefetcher.close()
+            self._prefetcher = None
             if bar is not None:
                 bar.close()
             for sig, h in handlers.items():
