@@ -12,8 +12,10 @@ import torch
 from ddpmkit.checkpoint import load_checkpoint
 from ddpmkit.config import load_config
 from ddpmkit.errors import TrainingDiverged, UserError
+from ddpmkit.testing.image_folder import make_mixed_folder
 from ddpmkit.testing.tiny import TINY_UNET, tiny_overrides
 from ddpmkit.testing.tiny import toy_overrides as toy_sets
+from ddpmkit.training import distributed as D
 from ddpmkit.training.trainer import Trainer, train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,7 +39,16 @@ def assert_same_state(a, b):
             assert torch.equal(torch.as_tensor(tensor), torch.as_tensor(cb.optimizer["state"][k][name]))
 
 
-@pytest.mark.parametrize("kind", ["mlp", "unet"])
+def folder_sets(tmp_path, storage="prepared"):
+    """--set overrides that train on the mixed synthetic image folder (8x8 RGB, two classes)."""
+    root = tmp_path / "images"
+    if not root.is_dir():
+        make_mixed_folder(root, target=8)
+    return ["data.name=image-folder", f'data.data_dir="{root}"', "data.image_size=8", f"data.storage={storage}",
+            f'data.prepared_dir="{tmp_path / "prepared"}"', "data.workers=1"]
+
+
+@pytest.mark.parametrize("kind", ["mlp", "unet", "unet-prepared-folder"])
 def test_resume_is_bit_identical(tmp_path, kind):
     """2K steps in one go == K steps, stop, resume, K steps: weights, EMA, optimizer and logged losses."""
     K = 3
@@ -45,10 +56,12 @@ def test_resume_is_bit_identical(tmp_path, kind):
         def sets(out, steps):
             return toy_sets(out, steps, **{"diffusion.loss": "vlb", "diffusion.variance": "learned_range"})
     else:  # dropout, flips, label dropout and a learned variance all draw random numbers
+        data = folder_sets(tmp_path) if kind == "unet-prepared-folder" else []
+
         def sets(out, steps):
             return tiny_overrides(out, steps, **{"data.flip": "true", "data.class_conditional": "true",
                                                  "diffusion.variance": "learned_range", "diffusion.loss": "hybrid",
-                                                 "model.options": TINY_UNET[:-1] + ", dropout = 0.2 }"})
+                                                 "model.options": TINY_UNET[:-1] + ", dropout = 0.2 }"}) + data
     cfg_full = load_config(ROOT / "configs" / "digits.toml", sets(tmp_path / "full", 2 * K))
     train(cfg_full, progress=False)
     cfg_half = load_config(ROOT / "configs" / "digits.toml", sets(tmp_path / "half", 2 * K))
@@ -58,6 +71,47 @@ def test_resume_is_bit_identical(tmp_path, kind):
     assert second.step == 2 * K
     assert_same_state(tmp_path / "full", tmp_path / "half")
     assert metrics(tmp_path / "full") == metrics(tmp_path / "half")
+
+
+def test_prepared_folder_trains_bit_identically_to_the_in_memory_folder(tmp_path):
+    """Same folder read from its memory-mapped prepared copy or decoded into memory: same batches, same run."""
+    runs = {}
+    for storage in ("memory", "prepared"):
+        cfg = load_config(ROOT / "configs" / "digits.toml", tiny_overrides(
+            tmp_path / storage, 4, **{"data.flip": "true", "data.class_conditional": "true"})
+            + folder_sets(tmp_path, storage))
+        trainer = Trainer(cfg, progress=False, log=lambda m: None)
+        runs[storage] = trainer
+        assert (trainer.data.source.endswith(")") and "prepared" in trainer.data.source) == (storage == "prepared")
+    mem, prep = runs["memory"], runs["prepared"]
+    assert torch.equal(mem.data.x, prep.data.x) and torch.equal(mem.data.y, prep.data.y)
+    for step in range(6):  # past one epoch: 24 images, batch 8
+        for a, b in zip(mem.fetch(step), prep.fetch(step), strict=True):
+            assert torch.equal(a, b)
+    for t in runs.values():
+        t.train()
+    assert_same_state(tmp_path / "memory", tmp_path / "prepared")
+    assert metrics(tmp_path / "memory") == metrics(tmp_path / "prepared")
+
+
+def test_each_rank_reads_only_its_slice_of_the_global_batch(tmp_path):
+    cfg = load_config(ROOT / "configs" / "digits.toml", tiny_overrides(tmp_path / "run", 2) + folder_sets(tmp_path))
+    trainer = Trainer(cfg, progress=False, log=lambda m: None)
+    read = []
+    rows = trainer.data.rows
+    trainer.data.rows = lambda idx: (read.append(idx.clone()), rows(idx))[1]
+    for rank in (0, 1):
+        trainer.dist = D.DistInfo(rank=rank, world_size=2)
+        for step in (0, 1, 5):
+            read.clear()
+            x, y = trainer.fetch(step)
+            glob = trainer.batch_indices(step)
+            assert len(read) == 1 and torch.equal(read[0], glob[rank * 4:(rank + 1) * 4])
+            assert torch.equal(x, trainer.data.x[glob[rank * 4:(rank + 1) * 4]])
+    # the indices of a step do not depend on which steps were drawn before (prefetch and resume rely on it)
+    fresh = Trainer(load_config(ROOT / "configs" / "digits.toml", tiny_overrides(tmp_path / "run2", 2)
+                                + folder_sets(tmp_path)), progress=False, log=lambda m: None)
+    assert torch.equal(fresh.batch_indices(5), trainer.batch_indices(5))
 
 
 def test_existing_run_is_not_overwritten_and_other_architecture_is_refused(tmp_path):
@@ -110,17 +164,29 @@ def _env():
     return env
 
 
-def test_ddp_two_processes_match_one_process(tmp_path):
+@pytest.mark.parametrize("data", ["toy2d", "prepared-folder"])
+def test_ddp_two_processes_match_one_process(tmp_path, data):
     """torchrun with 2 gloo processes and the same global batch gives the same weights as 1 process."""
-    sets = toy_sets(tmp_path / "ddp", 3)
+    if data == "toy2d":
+        config = ROOT / "configs" / "toy2d.toml"
+
+        def sets(out):
+            return toy_sets(out, 3)
+    else:  # rank 0 prepares the folder while rank 1 waits; each reads its half of every batch
+        config = ROOT / "configs" / "digits.toml"
+
+        def sets(out):
+            return tiny_overrides(out, 3, **{"data.flip": "true", "train.sample_n": 2}) + folder_sets(tmp_path)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "ddpmkit", "train", "--config", str(ROOT / "configs" / "toy2d.toml"), "--no-progress"]
-    for s in sets:
+           "-m", "ddpmkit", "train", "--config", str(config), "--no-progress"]
+    for s in sets(tmp_path / "ddp"):
         cmd += ["--set", s]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("finished 3 steps") == 1  # rank 0 reports, rank 1 does not
-    single = train(load_config(ROOT / "configs" / "toy2d.toml", toy_sets(tmp_path / "one", 3)), progress=False)
+    if data != "toy2d":
+        assert proc.stdout.count("prepared ") == 1  # built once, by rank 0
+    single = train(load_config(config, sets(tmp_path / "one")), progress=False)
     cd, cs = load_checkpoint(tmp_path / "ddp"), load_checkpoint(single.run_dir)
     assert cd.step == cs.step == 3 and cd.extra["world_size"] == 2
     for k in cs.model:
