@@ -4,6 +4,7 @@ The round trip through our own writer/reader needs no diffusers; the comparisons
 implementation skip (with the reason) only when the optional `interop` extra is missing.
 """
 
+import dataclasses
 import json
 
 import pytest
@@ -14,6 +15,7 @@ from ddpmkit.networks import UNet, UNetConfig, load_diffusers_unet, save_diffuse
 from ddpmkit.networks.convert_diffusers import (
     diffusers_config_to_unet_config,
     diffusers_state_to_ours,
+    ours_state_to_diffusers,
     unet_config_to_diffusers,
 )
 from ddpmkit.testing.diffusers_layouts import GOOGLE_DDPM_CIFAR10_UNET
@@ -157,3 +159,74 @@ def test_unsupported_diffusers_configs_are_refused_with_the_reason(tmp_path):
     save_file({"conv_in.weight": torch.zeros(1)}, str(tmp_path / "diffusion_pytorch_model.safetensors"))
     with pytest.raises((ValueError, KeyError)):
         load_diffusers_unet(tmp_path)
+
+
+# google/ddpm-celebahq-256's unet config.json (values as published; ddpm-cat-256 publishes the same, and
+# ddpm-church-256 / ddpm-bedroom-256 are the same TF model, diffusion_tf's unet2d16b2c112244).
+GOOGLE_DDPM_256 = dict(
+    GOOGLE_DDPM_CIFAR10,
+    block_out_channels=[128, 128, 256, 256, 512, 512],
+    down_block_types=["DownBlock2D"] * 4 + ["AttnDownBlock2D", "DownBlock2D"],
+    up_block_types=["UpBlock2D", "AttnUpBlock2D"] + ["UpBlock2D"] * 4,
+    sample_size=256,
+)
+
+
+def _same_tensors(ours_sd, theirs_sd, cfg):
+    """Our state dict mapped to diffusers names is exactly theirs: every key, every value."""
+    mapped = ours_state_to_diffusers(ours_sd, cfg)
+    assert mapped.keys() == theirs_sd.keys()
+    for k, v in theirs_sd.items():
+        assert torch.equal(mapped[k], v), k
+
+
+def test_google_ddpm_256_config_is_our_preset_with_the_paper_parameter_count():
+    """DDPM's 256x256 CelebA-HQ / LSUN model: the paper's "114M"; every tensor maps strictly both ways."""
+    cfg = diffusers_config_to_unet_config(GOOGLE_DDPM_256)
+    assert cfg == unet_preset("ddpm-256")
+    assert unet_config_to_diffusers(cfg)["up_block_types"] == GOOGLE_DDPM_256["up_block_types"]
+    theirs = _diffusers_model(GOOGLE_DDPM_256)
+    ours = UNet(cfg)
+    n = sum(p.numel() for p in theirs.parameters())
+    assert n == sum(p.numel() for p in ours.parameters()) == 113_673_219
+    ours.load_state_dict(diffusers_state_to_ours(theirs.state_dict(), cfg), strict=True)
+    _same_tensors(ours.state_dict(), theirs.state_dict(), cfg)
+
+
+def test_google_ddpm_256_layout_from_hub_style_files_gives_diffusers_outputs(tmp_path):
+    """The 256 layout (6 levels, attention at 16x16 only) at a quarter of the channels, written as the Hub's
+    2022 files are (a .bin with query/key/value/proj_attn names), loads into ours with the same outputs.
+    Inputs are 64x64: every level and the 16x16-attention level run (at 4x4), at a fraction of the cost."""
+    small = dict(GOOGLE_DDPM_256, block_out_channels=[32, 32, 64, 64, 128, 128])
+    theirs = _diffusers_model(small)
+    theirs.save_pretrained(tmp_path, safe_serialization=True)
+    sd = load_file(str(tmp_path / "diffusion_pytorch_model.safetensors"))
+    for new, old in {".to_q.": ".query.", ".to_k.": ".key.", ".to_v.": ".value.", ".to_out.0.": ".proj_attn."}.items():
+        sd = {k.replace(new, old): v for k, v in sd.items()}
+    (tmp_path / "diffusion_pytorch_model.safetensors").unlink()
+    torch.save(sd, tmp_path / "diffusion_pytorch_model.bin")
+    ours = load_diffusers_unet(tmp_path).eval()
+    assert ours.config == unet_preset("ddpm-256", ch=32)
+    g = torch.Generator().manual_seed(3)
+    x, t = torch.randn(2, 3, 64, 64, generator=g), torch.tensor([5, 900])
+    with torch.no_grad():
+        expected = theirs(x, t).sample
+        assert expected.abs().max() > 0.1
+        assert (ours(x, t) - expected).abs().max() <= 1e-5
+
+
+def test_iddpm_imagenet64_preset_parameter_count_equals_diffusers():
+    """Improved DDPM's ImageNet 64x64 model (improved-diffusion README flags + its defaults)."""
+    cfg = unet_preset("iddpm-imagenet64")
+    assert (cfg.ch, cfg.ch_mult, cfg.num_res_blocks, cfg.attn_resolutions, cfg.num_heads, cfg.dropout) == (
+        128, (1, 2, 3, 4), 3, (16, 8), 4, 0.0)
+    assert cfg.learn_sigma and cfg.scale_shift_norm and cfg.out_channels == 6
+    # diffusers has one head size for all blocks; 4 heads on 384 and 512 channels are two sizes. Heads split
+    # the same q/k/v matrices, so one head gives the same parameters (and the same state-dict keys).
+    dcfg = unet_config_to_diffusers(dataclasses.replace(cfg, num_heads=1))
+    theirs = _diffusers_model(dcfg)
+    ours = UNet(cfg)
+    n = sum(p.numel() for p in theirs.parameters())
+    assert n == sum(p.numel() for p in ours.parameters()) == 121_063_942
+    ours.load_state_dict(diffusers_state_to_ours(theirs.state_dict(), cfg), strict=True)
+    _same_tensors(ours.state_dict(), theirs.state_dict(), cfg)

@@ -174,6 +174,39 @@ PRESETS: dict[str, UNetConfig] = {
         freq_shift=0.0,
         downsample="conv",
     ),
+    # Ho et al. 2020, Appendix B, the 256x256 CelebA-HQ and LSUN (church, bedroom, cat) model: ch 128,
+    # multipliers (1, 1, 2, 2, 4, 4), attention at 16x16, 2 blocks per level; 113,673,219 parameters (the
+    # paper: "114M"), the layout of google/ddpm-celebahq-256 / ddpm-church-256 / ddpm-bedroom-256.
+    "ddpm-256": UNetConfig(image_size=256, ch_mult=(1, 1, 2, 2, 4, 4), attn_resolutions=(16,), dropout=0.0),
+    # Nichol & Dhariwal 2021, unconditional ImageNet 64x64 (improved-diffusion's README: num_channels 128,
+    # num_res_blocks 3, learn_sigma; its defaults: channel_mult (1, 2, 3, 4) at 64, attention at 16 and 8,
+    # 4 heads, scale-shift norm, dropout 0): 121,063,942 parameters (the checkpoint is named "100M").
+    "iddpm-imagenet64": UNetConfig(
+        image_size=64,
+        ch_mult=(1, 2, 3, 4),
+        num_res_blocks=3,
+        attn_resolutions=(16, 8),
+        num_heads=4,
+        scale_shift_norm=True,
+        learn_sigma=True,
+        dropout=0.0,
+        norm_eps=1e-5,
+        flip_sin_to_cos=True,
+        freq_shift=0.0,
+        downsample="conv",
+    ),
+    # A small U-Net for any image folder from 32x32 to 256x256 (five levels: attention at 16x16 exists at
+    # every size 32 * 2**k up to 256), 4,591,907 parameters at 64x64 RGB; sized for trying a folder on a CPU.
+    "folder-small": UNetConfig(
+        image_size=64,
+        ch=32,
+        ch_mult=(1, 2, 2, 4, 4),
+        num_res_blocks=1,
+        attn_resolutions=(16,),
+        dropout=0.1,
+        num_heads=4,
+        norm_groups=8,
+    ),
     # Fashion-MNIST at native 28x28 (28 -> 14 -> 7; 32x32 also works: 32 -> 16 -> 8), 3,939,393 params.
     # Channels 32/64/128: every level costs about the same FLOPs per conv, so the capacity sits at the
     # cheap low resolutions; ~0.8 GFLOP per forward, sized for ~1 h of training on 2 CPU cores.
