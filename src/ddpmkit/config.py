@@ -36,7 +36,7 @@ class DataSection:
     flip: bool = False              # random horizontal flips
     class_conditional: bool = False
     storage: str = "auto"           # auto (prepared for image-folder, memory otherwise) | memory | prepared
-    prepared_dir: str = ""          # where prepared copies live; "" = $DDPMKIT_PREPARED_DIR or ~/.cache/ddpmkit/prepared
+    prepared_dir: str = ""          # "" = $DDPMKIT_PREPARED_DIR or ~/.cache/ddpmkit/prepared
     workers: int = 0                # decoding processes for the prepared copy; 0 = one per CPU core
 
 
