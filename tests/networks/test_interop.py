@@ -172,9 +172,15 @@ GOOGLE_DDPM_256 = dict(
 )
 
 
-def _same_tensors(ours_sd, theirs_sd, cfg):
-    """Our state dict mapped to diffusers names is exactly theirs: every key, every value."""
-    mapped = ours_state_to_diffusers(ours_sd, cfg)
+def _same_count_and_tensors(theirs, cfg, expected_params):
+    """Ours built from ``cfg`` has ``expected_params`` parameters, as theirs does, and their weights load
+    into ours strictly and map back to exactly theirs: every key, every value."""
+    ours = UNet(cfg)
+    n = sum(p.numel() for p in theirs.parameters())
+    assert n == sum(p.numel() for p in ours.parameters()) == expected_params
+    theirs_sd = theirs.state_dict()
+    ours.load_state_dict(diffusers_state_to_ours(theirs_sd, cfg), strict=True)
+    mapped = ours_state_to_diffusers(ours.state_dict(), cfg)
     assert mapped.keys() == theirs_sd.keys()
     for k, v in theirs_sd.items():
         assert torch.equal(mapped[k], v), k
@@ -185,12 +191,7 @@ def test_google_ddpm_256_config_is_our_preset_with_the_paper_parameter_count():
     cfg = diffusers_config_to_unet_config(GOOGLE_DDPM_256)
     assert cfg == unet_preset("ddpm-256")
     assert unet_config_to_diffusers(cfg)["up_block_types"] == GOOGLE_DDPM_256["up_block_types"]
-    theirs = _diffusers_model(GOOGLE_DDPM_256)
-    ours = UNet(cfg)
-    n = sum(p.numel() for p in theirs.parameters())
-    assert n == sum(p.numel() for p in ours.parameters()) == 113_673_219
-    ours.load_state_dict(diffusers_state_to_ours(theirs.state_dict(), cfg), strict=True)
-    _same_tensors(ours.state_dict(), theirs.state_dict(), cfg)
+    _same_count_and_tensors(_diffusers_model(GOOGLE_DDPM_256), cfg, 113_673_219)
 
 
 def test_google_ddpm_256_layout_from_hub_style_files_gives_diffusers_outputs(tmp_path):
@@ -224,9 +225,4 @@ def test_iddpm_imagenet64_preset_parameter_count_equals_diffusers():
     # diffusers has one head size for all blocks; 4 heads on 384 and 512 channels are two sizes. Heads split
     # the same q/k/v matrices, so one head gives the same parameters (and the same state-dict keys).
     dcfg = unet_config_to_diffusers(dataclasses.replace(cfg, num_heads=1))
-    theirs = _diffusers_model(dcfg)
-    ours = UNet(cfg)
-    n = sum(p.numel() for p in theirs.parameters())
-    assert n == sum(p.numel() for p in ours.parameters()) == 121_063_942
-    ours.load_state_dict(diffusers_state_to_ours(theirs.state_dict(), cfg), strict=True)
-    _same_tensors(ours.state_dict(), theirs.state_dict(), cfg)
+    _same_count_and_tensors(_diffusers_model(dcfg), cfg, 121_063_942)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..argtypes import positive_int
 from ..errors import UserError
 
 
@@ -97,15 +98,15 @@ def cmd_info(args) -> int:
     return 0
 
 
+DESCRIPTION = ("`data prepare --config C` decodes an image folder once (in parallel worker processes) into a "
+               "memory-mapped copy that training reads by index; `data info` shows its size, count, classes "
+               "and where it lives.")
+
+
 def add_data_parser(sub) -> None:
     """Register ``ddpmkit data`` on the top-level subparsers."""
-    from ..argtypes import positive_int
-
-    p = sub.add_parser("data", help="prepare an image folder for training; describe a data set",
-                       description="`data prepare --config C` decodes an image folder once (in parallel worker "
-                                   "processes) into a memory-mapped copy that training reads by index; "
-                                   "`data info` shows its size, count, classes and where it lives.")
-    dsub = p.add_subparsers(dest="data_command", metavar="WHAT", required=True)
+    dsub = sub.add_parser("data", help="prepare an image folder for training; describe a data set",
+                          description=DESCRIPTION).add_subparsers(dest="data_command", metavar="WHAT", required=True)
 
     def config_args(q, required: bool):
         q.add_argument("--config", required=required, help="TOML config whose [data] section names the set")

@@ -158,22 +158,25 @@ def _size_message(size: int, multiple: int, levels: int) -> str:
 # Presets
 # ----------------------------------------------------------------------------------------------------
 
+# improved-diffusion's UNetModel as Nichol & Dhariwal 2021 train it (3 blocks, attention at 16 and 8 with
+# 4 heads, scale-shift norm, learned variance, its time-embedding and downsampling conventions)
+_IMPROVED_DDPM = dict(
+    num_res_blocks=3,
+    attn_resolutions=(16, 8),
+    num_heads=4,
+    scale_shift_norm=True,
+    learn_sigma=True,
+    norm_eps=1e-5,
+    flip_sin_to_cos=True,
+    freq_shift=0.0,
+    downsample="conv",
+)
+
 PRESETS: dict[str, UNetConfig] = {
     # Ho et al. 2020, Appendix B: 35,746,307 parameters (= google/ddpm-cifar10-32).
     "ddpm-cifar10": UNetConfig(),
     # Nichol & Dhariwal 2021, CIFAR-10 model (L_hybrid, cosine schedule): 52,546,438 parameters.
-    "iddpm-cifar10": UNetConfig(
-        num_res_blocks=3,
-        attn_resolutions=(16, 8),
-        num_heads=4,
-        scale_shift_norm=True,
-        learn_sigma=True,
-        dropout=0.3,
-        norm_eps=1e-5,
-        flip_sin_to_cos=True,
-        freq_shift=0.0,
-        downsample="conv",
-    ),
+    "iddpm-cifar10": UNetConfig(**_IMPROVED_DDPM, dropout=0.3),
     # Ho et al. 2020, Appendix B, the 256x256 CelebA-HQ and LSUN (church, bedroom, cat) model: ch 128,
     # multipliers (1, 1, 2, 2, 4, 4), attention at 16x16, 2 blocks per level; 113,673,219 parameters (the
     # paper: "114M"), the layout of google/ddpm-celebahq-256 / ddpm-church-256 / ddpm-bedroom-256.
@@ -181,20 +184,7 @@ PRESETS: dict[str, UNetConfig] = {
     # Nichol & Dhariwal 2021, unconditional ImageNet 64x64 (improved-diffusion's README: num_channels 128,
     # num_res_blocks 3, learn_sigma; its defaults: channel_mult (1, 2, 3, 4) at 64, attention at 16 and 8,
     # 4 heads, scale-shift norm, dropout 0): 121,063,942 parameters (the checkpoint is named "100M").
-    "iddpm-imagenet64": UNetConfig(
-        image_size=64,
-        ch_mult=(1, 2, 3, 4),
-        num_res_blocks=3,
-        attn_resolutions=(16, 8),
-        num_heads=4,
-        scale_shift_norm=True,
-        learn_sigma=True,
-        dropout=0.0,
-        norm_eps=1e-5,
-        flip_sin_to_cos=True,
-        freq_shift=0.0,
-        downsample="conv",
-    ),
+    "iddpm-imagenet64": UNetConfig(**_IMPROVED_DDPM, image_size=64, ch_mult=(1, 2, 3, 4), dropout=0.0),
     # A small U-Net for any image folder from 32x32 to 256x256 (five levels: attention at 16x16 exists at
     # every size 32 * 2**k up to 256), 4,591,907 parameters at 64x64 RGB; sized for trying a folder on a CPU.
     "folder-small": UNetConfig(
