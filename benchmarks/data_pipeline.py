@@ -8,7 +8,8 @@ taller than the target so every image is resized and cropped, 1000 per subfolder
 (default /tmp/ddpmkit-bench, never the repository) and reused. For each case (target size, image count):
 
 * decode: ``prepare(force=True)`` with 1 (folders up to --one-worker-max) and 2 worker processes ->
-  images/s (and the up-to-date check of an existing copy: scanning and fingerprinting the folder, which every ``train`` start pays);
+  images/s (and the up-to-date check of an existing copy: scanning and fingerprinting the folder, which
+  every ``train`` start pays);
 * read: random batches of 64 exactly as the trainer draws them (slices of a seeded permutation) from the
   memory-mapped copy, cold (page cache dropped: ``/proc/sys/vm/drop_caches`` when writable, else
   ``posix_fadvise(DONTNEED)`` on the file) and warm -> images/s;

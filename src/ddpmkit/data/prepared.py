@@ -253,7 +253,9 @@ def _build(src: Source, files: list, tmp: Path, workers: int, progress: bool) ->
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise _disk_full(tmp.parent, offset + n_total * row) from None
         raise
-    out = np.load(images_path, mmap_mode="r+")
+    # plain writes at offsets, not a writable memory map: the pages then count in the page cache only,
+    # not in this process's resident set (a mapped 1.2 GB output showed as 1.4 GB peak RSS)
+    out = open(images_path, "r+b")
     tasks = [(i, str(src.root), [f[0] for f in files[i:i + CHUNK]], s, mode) for i in range(0, n_total, CHUNK)]
     kept_rels: list[str] = []
     skipped: list[str] = []
@@ -269,8 +271,8 @@ def _build(src: Source, files: list, tmp: Path, workers: int, progress: bool) ->
             from tqdm.auto import tqdm
             bar = tqdm(total=n_total, desc=f"prepare {src.root.name}", unit="img", dynamic_ncols=True)
         for start, imgs, ok, up in results:
-            k = len(kept_rels)
-            out[k:k + len(imgs)] = imgs
+            out.seek(offset + len(kept_rels) * row)
+            out.write(np.ascontiguousarray(imgs).data)
             rels = tasks[start // CHUNK][2]
             kept_rels += [r for r, good in zip(rels, ok, strict=True) if good]
             skipped += [r for r, good in zip(rels, ok, strict=True) if not good]
@@ -278,13 +280,12 @@ def _build(src: Source, files: list, tmp: Path, workers: int, progress: bool) ->
             if bar is not None:
                 bar.update(len(rels))
     finally:
+        out.close()
         if pool is not None:
             pool.terminate()
             pool.join()
         if bar is not None:
             bar.close()
-    out.flush()
-    del out
     if not kept_rels:
         raise DataError(f"no readable PNG/JPEG images found under {src.root}"
                         + (f" ({len(skipped)} unreadable)" if skipped else ""))
