@@ -5,6 +5,7 @@ import errno
 import json
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -186,3 +187,11 @@ def test_storage_choice(tmp_path):
         P.resolve_storage("cifar10", "prepared")
     with pytest.raises(DataError, match="unknown data.storage"):
         P.resolve_storage("digits", "disk")
+
+
+def test_data_info_of_an_in_memory_set(capsys):
+    config = Path(__file__).resolve().parents[2] / "configs" / "digits.toml"
+    code, out, _ = _cli(capsys, "data", "info", "--config", str(config), "--json")
+    info = json.loads(out)
+    assert code == 0 and info["storage"] == "memory" and info["size"] == 1438 and info["shape"] == [1, 8, 8]
+    assert info["classes"] == [str(i) for i in range(10)]

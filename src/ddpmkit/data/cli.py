@@ -68,7 +68,9 @@ def cmd_info(args) -> int:
 
                 ds = load_dataset(d.name, data_dir=d.data_dir or None, image_size=d.image_size or None,
                                   channels=d.channels or None, n=d.n or None)
-                info = {**ds.describe(), "storage": "memory"}
+                info = {"name": ds.name, "split": ds.split, "kind": ds.kind, "size": len(ds),
+                        "shape": list(ds.shape), "classes": list(ds.class_names or []), "source": ds.source,
+                        "storage": "memory"}
                 print(json.dumps(info, indent=2) if args.json else
                       "\n".join(f"{k:<12} {v}" for k, v in info.items()))
                 return 0
