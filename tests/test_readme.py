@@ -22,6 +22,11 @@ SKIPPED = {  # line prefix -> why it is not run here
     "make ": "a make target (make test runs this suite; make demo / results are long runs)",
     ".venv/bin/ddpmkit train --config configs/fashion-mnist.toml": "the 150-minute training of the shipped model",
     ".venv/bin/ddpmkit export runs/fashion-mnist": "exports that 150-minute run over the shipped model",
+    **dict.fromkeys(["ddpmkit data prepare --config configs/image-folder.toml --set data.data_dir=PHOTOS",
+                     "ddpmkit data info --config configs/image-folder.toml --set data.data_dir=PHOTOS",
+                     "ddpmkit train --config configs/image-folder.toml --set data.data_dir=PHOTOS"],
+                    "needs your folder of photos (PHOTOS); tests/data/test_prepared.py runs data prepare / info "
+                    "and tests/training/test_trainer.py trains on a synthetic folder"),
 }
 CAPS = {"-n": 4, "--steps": 3}  # at most this many samples / sampler steps
 AT_LEAST = {("fid", "-n"): 12}  # FID needs more samples than its k = 5 neighbours and a covariance
