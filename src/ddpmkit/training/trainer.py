@@ -44,7 +44,7 @@ def step_seed(seed: int, step: int, stream: int = 0) -> int:
 
 
 def load_training_data(cfg: Config, dist: D.DistInfo | None = None, *, progress: bool = False,
-                       log: Callable[[str], None] = print):
+                       log: Callable[[str], None] | None = None):
     """The training set of ``cfg``: in memory, or a memory map of its prepared copy (built first when
     missing or stale; under DDP by rank 0 while the other ranks wait)."""
     from ..data import load_dataset
@@ -56,6 +56,7 @@ def load_training_data(cfg: Config, dist: D.DistInfo | None = None, *, progress:
             return load_dataset(d.name, data_dir=d.data_dir or None, split="train", image_size=d.image_size or None,
                                 channels=d.channels or None, n=d.n or None, seed=cfg.run.seed)
         src = P.folder_source(d.data_dir, d.image_size, d.channels)
+        log = log or logger.info
         if dist is None or dist.is_main:
             report = P.prepare(src, cache_root=d.prepared_dir or None, workers=P.default_workers(d.workers),
                                progress=progress, log=log)
@@ -94,7 +95,7 @@ class Trainer:
         t = cfg.train
         self._check_train_section()
         self.data = load_training_data(cfg, self.dist, progress=progress and self.dist.is_main,
-                                       log=log if self.dist.is_main else (lambda _msg: None))
+                                       log=self.log_fn if self.dist.is_main else (lambda _msg: None))
         self._perm: tuple[int, torch.Tensor] | None = None  # (epoch, permutation) of the last epoch drawn
         self._prefetcher: Prefetcher | None = None
         if cfg.data.class_conditional and not self.data.num_classes:
