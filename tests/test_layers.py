@@ -17,14 +17,17 @@ FLOORS = {
     "networks": 2, "viz": 2, "testing": 2,
     "samplers": 3, "diffusers_pipeline": 3,
     "runs": 4,
-    "training": 5, "evaluation": 5, "pipeline": 5,
-    "demo": 6, "cli": 6, "evaluation.cli": 6, "__main__": 6, "__init__": 6,
+    "training": 5, "evaluation": 5, "pipeline": 5, "coding": 5,
+    "demo": 6, "cli": 6, "evaluation.cli": 6, "coding.cli": 6, "__main__": 6, "__init__": 6,
 }
 
 
 def part_of(dotted: str) -> str:
-    """'evaluation.cli' for the eval CLI, else the first component ('samplers.ddim' -> 'samplers')."""
-    return "evaluation.cli" if dotted.startswith("evaluation.cli") else dotted.split(".")[0]
+    """'evaluation.cli' / 'coding.cli' for those CLIs, else the first component ('samplers.ddim' -> 'samplers')."""
+    for cli in ("evaluation.cli", "coding.cli"):
+        if dotted.startswith(cli):
+            return cli
+    return dotted.split(".")[0]
 
 
 def imports_of(path: Path) -> set[str]:

@@ -232,6 +232,7 @@ def cmd_demo(args) -> int:
 # --- parser ---------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
+    from .coding.cli import add_coding_parsers
     from .data.cli import add_data_parser
     from .evaluation.cli import add_eval_parser
     from .samplers import SAMPLERS, SPACINGS
@@ -357,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_data_parser(sub)
     add_eval_parser(sub)
+    add_coding_parsers(sub)
     return p
 
 
