@@ -16,7 +16,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt "torch==2.13.0"
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[extras,interop,dev]"
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[extras,interop,dev,coding]"
 	@touch $(STAMP)
 
 test: $(STAMP)
