@@ -8,6 +8,15 @@ import torch
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture
+def single_torch_thread():
+    """One torch thread for the test, the previous count restored after it (see tests/networks/conftest.py)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("DDPMKIT_SLOW") == "1":
         return

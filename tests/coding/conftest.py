@@ -1,11 +1,8 @@
+"""The codec evaluates small batches tick by tick: one torch thread is fastest on a shared machine."""
+
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """The codec evaluates small batches tick by tick: one torch thread is fastest on a shared machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _single_thread(single_torch_thread):
     yield
-    torch.set_num_threads(old)

@@ -201,3 +201,10 @@ def test_cli_bad_input_exits_2_and_writes_nothing(tiny_run, tmp_path, capsys):
     assert main(["compress", str(tmp_path / "x.npy"), "--checkpoint", str(tiny_run), "--out", str(f),
                  "--no-progress"]) == 2
     assert f.read_bytes() == data
+
+
+@pytest.mark.parametrize("command", ["compress", "decompress"])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("usage: ddpmkit " + command)

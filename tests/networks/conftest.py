@@ -6,12 +6,8 @@ The previous thread count is restored after each test.
 """
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def _single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _single_thread(single_torch_thread):
     yield
-    torch.set_num_threads(before)

@@ -217,47 +217,58 @@ class _ProgressRecorder:
         return self.path
 
 
+CKPT = "run directory, checkpoint directory or pretrained:NAME"
+FLAG = {"action": "store_true"}
+
+# (flags, argparse keywords) of each command, in --help order
+COMPRESS = [
+    (("images",), {"nargs": "+", "help": "PNG files, folders of PNG files, or one .npy uint8 array (N, C, H, W)"}),
+    (("--checkpoint",), {"required": True, "help": CKPT}),
+    (("--out",), {"required": True, "help": "the compressed file to write"}),
+    (("--steps",), {"type": positive_int, "help": "code with the process respaced to this many steps (default: "
+                                                  "all T; fewer is faster and larger)"}),
+    (("--threads",), {"type": positive_int, "help": "torch threads (recorded; the decoder uses the same; "
+                                                    "default: torch's current)"}),
+    (("--resolution",), {"type": int, "default": 2,
+                         "help": "latent grid: 2^r to 2^(r+1) steps per forward-step std (default 2)"}),
+    (("--tail",), {"type": int, "default": 5, "help": "popped Gaussians are cut at >= this many std (default 5)"}),
+    (("--lanes",), {"type": int, "default": 128, "help": "most images coded side by side (default 128)"}),
+    (("--ramp",), {"type": int, "default": 4, "help": "images finished per extra lane (default 4; 0 = all lanes "
+                                                      "at once: fewer ticks, far more initial bits)"}),
+    (("--bound",), {**FLAG, "help": "also evaluate the model's bound (eval nll) on these images: one more pass"}),
+    (("--force",), {**FLAG, "help": "replace an existing --out"}),
+    (("--no-ema",), {**FLAG, "help": "use the raw weights instead of the EMA weights"}),
+    (("--no-progress",), {**FLAG, "help": "no progress bar"}),
+]
+DECOMPRESS = [
+    (("file",), {"help": "the compressed file"}),
+    (("--checkpoint",), {"required": True, "help": "the checkpoint the file was compressed with"}),
+    (("--out",), {"required": True, "help": "output folder (must be new or empty, unless --force)"}),
+    (("--npy",), {"help": "also write the images as one uint8 .npy array (N, C, H, W)"}),
+    (("--progress",), {"type": int_list, "metavar": "T1,T2,...",
+                       "help": "draw x_t and the predicted x0 when the receiver has x_t, at these time indices, "
+                               "e.g. 999,750,500,250,0"}),
+    (("--progress-out",), {"help": "that picture (default: OUT_progress.png)"}),
+    (("--progress-n",), {"type": positive_int, "default": 4, "help": "images in the progress picture (default 4)"}),
+    (("--force",), {**FLAG, "help": "write into a non-empty --out, replace --npy"}),
+    (("--no-ema",), {**FLAG, "help": "use the raw weights (if the file was made with them)"}),
+    (("--no-progress",), {**FLAG, "help": "no progress bar"}),
+]
+
+
 def add_coding_parsers(sub) -> None:
     """Register ``compress`` and ``decompress`` on the main parser's subcommands."""
-    c = sub.add_parser("compress", help="compress 8-bit images losslessly with a trained model (bits-back ANS)",
-                       description="Compress images into one file with the model's reverse process (DDPM "
-                                   "Algorithm 3, bits-back with ANS). The file decodes exactly only with the same "
-                                   "checkpoint on the same platform (its header checks both).")
-    c.add_argument("images", nargs="+", help="PNG files, folders of PNG files, or one .npy uint8 array (N, C, H, W)")
-    c.add_argument("--checkpoint", required=True, help="run directory, checkpoint directory or pretrained:NAME")
-    c.add_argument("--out", required=True, help="the compressed file to write")
-    c.add_argument("--steps", type=positive_int, default=None,
-                   help="code with the process respaced to this many steps (default: all T; fewer is faster, "
-                        "larger)")
-    c.add_argument("--threads", type=positive_int, default=None,
-                   help="torch threads (recorded; the decoder uses the same; default: torch's current)")
-    c.add_argument("--resolution", type=int, default=2,
-                   help="latent grid: 2^r to 2^(r+1) steps per forward-step std (default 2)")
-    c.add_argument("--tail", type=int, default=5, help="popped Gaussians are cut at >= this many std (default 5)")
-    c.add_argument("--lanes", type=int, default=128, help="most images coded side by side (default 128)")
-    c.add_argument("--ramp", type=int, default=4,
-                   help="images finished per extra lane (default 4; 0 = all lanes at once: faster start, "
-                        "far more initial bits)")
-    c.add_argument("--bound", action="store_true",
-                   help="also evaluate the model's bound (eval nll) on these images: one more pass")
-    c.add_argument("--force", action="store_true", help="replace an existing --out")
-    c.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
-    c.add_argument("--no-progress", action="store_true", help="no progress bar")
-    c.set_defaults(func=cmd_compress)
-
-    d = sub.add_parser("decompress", help="decode a compressed file back into the exact images",
-                       description="Decode a file written by `ddpmkit compress` (DDPM Algorithm 4) into PNG files "
-                                   "00000.png, 00001.png, ... in --out.")
-    d.add_argument("file", help="the compressed file")
-    d.add_argument("--checkpoint", required=True, help="the checkpoint the file was compressed with")
-    d.add_argument("--out", required=True, help="output folder (must be new or empty, unless --force)")
-    d.add_argument("--npy", default=None, help="also write the images as one uint8 .npy array (N, C, H, W)")
-    d.add_argument("--progress", type=int_list, default=None, metavar="T1,T2,...",
-                   help="draw x_t and the predicted x0 when the receiver has x_t, at these time indices, e.g. "
-                        "999,750,500,250,0")
-    d.add_argument("--progress-out", default=None, help="that picture (default: OUT_progress.png)")
-    d.add_argument("--progress-n", type=int, default=4, help="images shown in the progress picture (default 4)")
-    d.add_argument("--force", action="store_true", help="write into a non-empty --out, replace --npy")
-    d.add_argument("--no-ema", action="store_true", help="use the raw weights (if the file was made with them)")
-    d.add_argument("--no-progress", action="store_true", help="no progress bar")
-    d.set_defaults(func=cmd_decompress)
+    commands = [
+        ("compress", cmd_compress, COMPRESS, "compress 8-bit images losslessly with a trained model (bits-back ANS)",
+         "Compress images into one file with the model's reverse process (DDPM Algorithm 3, bits-back with "
+         "ANS). The file decodes exactly only with the same checkpoint on the same platform (its header checks "
+         "both)."),
+        ("decompress", cmd_decompress, DECOMPRESS, "decode a compressed file back into the exact images",
+         "Decode a file written by `ddpmkit compress` (DDPM Algorithm 4) into PNG files 00000.png, "
+         "00001.png, ... in --out."),
+    ]
+    for name, func, options, short, long in commands:
+        p = sub.add_parser(name, help=short, description=long)
+        for flags, kwargs in options:
+            p.add_argument(*flags, **kwargs)
+        p.set_defaults(func=func)
