@@ -27,6 +27,10 @@ SKIPPED = {  # line prefix -> why it is not run here
                      "ddpmkit train --config configs/image-folder.toml --set data.data_dir=PHOTOS"],
                     "needs your folder of photos (PHOTOS); tests/data/test_prepared.py runs data prepare / info "
                     "and tests/training/test_trainer.py trains on a synthetic folder"),
+    **dict.fromkeys(["ddpmkit compress IMAGES --checkpoint pretrained:fashion-mnist",
+                     "ddpmkit decompress x.ddpm --checkpoint pretrained:fashion-mnist"],
+                    "needs your 28x28 grey images (IMAGES); tests/coding/test_codec.py runs compress and "
+                    "decompress on a tiny run"),
 }
 CAPS = {"-n": 4, "--steps": 3}  # at most this many samples / sampler steps
 AT_LEAST = {("fid", "-n"): 12}  # FID needs more samples than its k = 5 neighbours and a covariance
