@@ -18,15 +18,14 @@ EPILOG = "Run `ddpmkit COMMAND --help` for the options of each command."
 # --- commands -------------------------------------------------------------------------------
 
 def cmd_train(args) -> int:
-    from .config import load_config
-    from .training.trainer import train
+    from .training.trainer import train, train_config
 
-    cfg = load_config(args.config, args.set)
-    result = train(cfg, resume=args.resume, progress=not args.no_progress, max_steps=args.max_steps)
+    cfg = train_config(args.config, args.set, args.resume)
+    result = train(cfg, resume=bool(args.resume), progress=not args.no_progress, max_steps=args.max_steps)
     if not result.main_process:  # under torchrun only rank 0 reports
         return 0
     if result.stopped_early:
-        print(f"stopped at step {result.step}; resume with: ddpmkit train --config {args.config} --resume"
+        print(f"stopped at step {result.step}; resume with: ddpmkit train --resume {result.run_dir}"
               + "".join(f" --set {s}" for s in args.set))
     else:
         print(f"finished {result.step} steps in {result.run_dir}")
@@ -78,12 +77,10 @@ def cmd_sample(args) -> int:
 
 
 def cmd_forward(args) -> int:
-    import numpy as np
     import torch
-    from PIL import Image, UnidentifiedImageError
 
     from . import viz
-    from .data import to_model_range
+    from .data import DataError, read_image_array, to_model_range
     from .diffusion import GaussianDiffusion
 
     if args.checkpoint:
@@ -97,14 +94,10 @@ def cmd_forward(args) -> int:
             raise UserError(str(e)) from None
     if args.image:
         try:
-            img = Image.open(args.image)
-            img.load()
-        except (OSError, UnidentifiedImageError) as e:
-            raise UserError(f"cannot read image {args.image}: {e}") from None
-        mode = "L" if img.mode in ("L", "LA", "I", "I;16", "1") else "RGB"
-        arr = np.asarray(img.convert(mode))
-        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-        x0 = to_model_range(torch.from_numpy(arr.copy()))
+            arr = read_image_array(args.image)
+        except DataError as e:
+            raise UserError(str(e)) from None
+        x0 = to_model_range(torch.from_numpy(arr))
     else:
         from .config import config_from_dict
         from .runs import load_run
@@ -115,6 +108,8 @@ def cmd_forward(args) -> int:
         data = load_training_data(config_from_dict(load_run(args.checkpoint).checkpoint.config))
         if data.kind != "image":
             raise UserError("this run's data are points, not images; pass --image FILE")
+        if args.index >= len(data):
+            raise UserError(f"--index {args.index}: the run's training set has {len(data)} images")
         x0 = data.batch(torch.tensor([args.index]))[0][0]
     steps = args.steps or None
     T = process.num_timesteps
@@ -231,13 +226,21 @@ def cmd_demo(args) -> int:
 
 # --- parser ---------------------------------------------------------------------------------
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line errors (``ddpmkit: error: ...``, exit 2) instead of usage + message."""
+
+    def error(self, message: str):
+        print(f"ddpmkit: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .coding.cli import add_coding_parsers
     from .data.cli import add_data_parser
     from .evaluation.cli import add_eval_parser
     from .samplers import SAMPLERS, SPACINGS
 
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="ddpmkit", epilog=EPILOG,
         description="Train and sample denoising diffusion probabilistic models (DDPM, Improved DDPM, DDIM, "
                     "DPM-Solver++).")
@@ -247,11 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model from a TOML config",
                        description="Train a model. Runs single-process, or data-parallel under "
                                    "`torchrun --nproc_per_node N -m ddpmkit train ...` (gloo on CPU, NCCL on CUDA).")
-    t.add_argument("--config", required=True,
-                   help="TOML config file, or a shipped config by name (digits, toy2d, ...; see `ddpmkit configs`)")
+    t.add_argument("--config", default=None,
+                   help="TOML config file, or a shipped config by name (digits, toy2d, ...; see `ddpmkit configs`); "
+                        "with --resume RUN_DIR the default is the run's own")
     t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value (TOML literal), e.g. --set train.lr=1e-4; repeatable")
-    t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in run.out_dir")
+    t.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
+                   help="continue from the latest checkpoint in run.out_dir (or in RUN_DIR); [train] settings may "
+                        "change, [diffusion], [model] and [data] must match the checkpoint")
     t.add_argument("--max-steps", type=positive_int, default=None,
                    help="train at most this many more steps in this invocation (the run's end stays train.steps)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -319,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("run", help="run directory or checkpoint directory")
     x.add_argument("--out", required=True, help="output directory (must not exist or be empty, unless --force)")
     x.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA weights")
-    x.add_argument("--force", action="store_true", help="replace a non-empty OUT")
+    x.add_argument("--force", action="store_true", help="replace OUT if it holds an earlier export of the same kind "
+                   "(never anything else)")
     x.add_argument("--diffusers", action="store_true",
                    help="write OUT as a diffusers DDPMPipeline directory (unet/, scheduler/, model_index.json) "
                         "that diffusers.DDPMPipeline.from_pretrained(OUT) loads")
@@ -384,16 +391,20 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .validate import check_args
+
     configure_logging()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        check_args(args)
         return args.func(args) or 0
-    except UserError as e:
-        print(f"ddpmkit: error: {e}", file=sys.stderr)
+    except (UserError, ValueError) as e:
+        print(f"ddpmkit: error: {' '.join(str(e).splitlines())}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError) as e:
-        print(f"ddpmkit: error: {e}", file=sys.stderr)
+    except OSError as e:  # a file system that is full, read-only or gone
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"ddpmkit: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except TrainingDiverged as e:
         print(f"ddpmkit: training stopped: {e}", file=sys.stderr)

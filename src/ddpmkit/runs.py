@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import Checkpoint, load_checkpoint
+from .checkpoint import Checkpoint, first_nonfinite, load_checkpoint
 from .config import Config, DiffusionSection, config_from_dict
 from .diffusers_pipeline import pipeline_dir, read_diffusers_pipeline
 from .diffusion import GaussianDiffusion
@@ -181,6 +181,10 @@ def load_run(path: str | Path, *, device: str | torch.device = "auto", use_ema: 
         weights = ckpt.ema
     elif require_ema:
         raise UserError(f"checkpoint {ckpt.path} has no EMA weights; pass --no-ema to use the raw weights")
+    bad = first_nonfinite(weights)
+    if bad is not None:
+        raise UserError(f"checkpoint {ckpt.path} holds non-finite weights ({bad} has NaN or infinity); it cannot be "
+                        "sampled or evaluated: use an earlier checkpoint")
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:

@@ -1,4 +1,5 @@
-"""A folder of PNG/JPEG images (searched recursively), converted, resized and centre-cropped.
+"""A folder of PNG/JPEG images (searched recursively), converted (any Pillow mode, see ``images.to_8bit``),
+resized and centre-cropped.
 
 Labels: when every image lies in a first-level subfolder and there are at least two of them, the
 sorted subfolder names become the classes; otherwise the set is unlabelled.
@@ -13,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from .dataset import DataError, resize_center_crop
+from .images import to_8bit
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -31,9 +33,7 @@ def read_image(path: Path, size: int, mode: str) -> tuple[np.ndarray, tuple[int,
     with Image.open(path) as img:
         img.load()
         original = img.size
-        if img.mode in ("P", "LA", "RGBA", "PA") and mode == "RGB":
-            img = img.convert("RGBA")  # keep palette transparency meaningful before dropping alpha
-        img = resize_center_crop(img.convert(mode), size)
+        img = resize_center_crop(to_8bit(img, mode, where=str(path)), size)
     arr = np.asarray(img, dtype=np.uint8)
     return (arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)), original
 

@@ -24,18 +24,35 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from ..config import Config, dump_toml
+from ..checkpoint import Checkpoint, clean_checkpoints, list_checkpoints, load_checkpoint, read_state, save_checkpoint
+from ..config import Config, apply_overrides, config_from_dict, dump_toml, load_config
 from ..diffusion.losses import training_losses
 from ..diffusion.timesteps import make_timestep_sampler
 from ..errors import TrainingDiverged, UserError
 from ..runs import balanced_labels, build_model, build_process, derive_seed, pick_device, resolve_network_config
+from ..validate import check_config, create_output_dir, resume_changes
 from . import distributed as D
 from .ema import EMA
 from .prefetch import Prefetcher
 
 QUARTERS = 4
 logger = logging.getLogger(__name__)
+
+
+def train_config(config: str | Path | None, overrides: list[str], resume: bool | str = False) -> Config:
+    """The config of a ``train`` invocation: ``config`` plus ``overrides``; ``resume`` given as a run
+    directory sets ``run.out_dir`` to it, and without ``config`` the run's stored config is the base."""
+    if isinstance(resume, (str, Path)):
+        overrides = [*overrides, f"run.out_dir={json.dumps(str(resume))}"]
+    if config is not None:
+        return load_config(config, overrides)
+    if not isinstance(resume, (str, Path)):
+        raise UserError("train needs --config FILE (or --resume RUN_DIR to continue a run with its stored config)")
+    try:
+        stored = read_state(resume)["config"]
+    except UserError as e:
+        raise UserError(f"--resume: {e}") from None
+    return config_from_dict(apply_overrides(stored, overrides))
 
 
 def step_seed(seed: int, step: int, stream: int = 0) -> int:
@@ -85,6 +102,7 @@ class Trainer:
         self.log_fn = log or logger.info  # messages go to logging (the CLI shows them above the progress bar)
         self.progress = progress
         self.run_dir = Path(cfg.run.out_dir)
+        check_config(cfg)
         try:
             self.dist = D.init_distributed("cuda" if pick_device(cfg.run.device).type == "cuda" else "cpu")
             self.device = pick_device(cfg.run.device, self.dist)
@@ -118,9 +136,11 @@ class Trainer:
         self.window = self._empty_window()
         if resume:
             self._resume()
-        elif (self.run_dir / "checkpoints").is_dir() and any((self.run_dir / "checkpoints").glob("step_*")):
+        elif (self.run_dir / "checkpoints").is_dir() and list_checkpoints(self.run_dir / "checkpoints"):
             raise UserError(f"{self.run_dir} already holds checkpoints; pass --resume to continue that run "
                             "or set run.out_dir to a new directory (nothing was overwritten)")
+        if self.dist.is_main:  # what a killed save left behind
+            clean_checkpoints(self.run_dir / "checkpoints")
         self.ddp = None
         if self.dist.enabled:
             self.ddp = DistributedDataParallel(
@@ -136,16 +156,7 @@ class Trainer:
 
     # --- set-up helpers --------------------------------------------------------------------
     def _check_train_section(self) -> None:
-        t, world = self.cfg.train, self.dist.world_size
-        if t.steps < 0 or t.batch_size < 1 or t.grad_accum < 1:
-            raise UserError("train.steps must be >= 0, train.batch_size and train.grad_accum >= 1")
-        if t.batch_size % (world * t.grad_accum):
-            raise UserError(f"train.batch_size = {t.batch_size} must be divisible by processes x grad_accum "
-                            f"= {world} x {t.grad_accum}")
-        if t.precision not in ("fp32", "bf16", "fp16"):
-            raise UserError(f"unknown train.precision {t.precision!r}; valid: fp32, bf16, fp16")
-        if t.lr <= 0 or t.warmup < 0 or t.grad_clip < 0:
-            raise UserError("train.lr must be > 0, train.warmup and train.grad_clip >= 0")
+        check_config(self.cfg, self.dist.world_size)  # again: the batch split depends on the process count
 
     def _empty_window(self) -> dict:
         return {"loss_sum": 0.0, "count": 0, "q_sum": [0.0] * QUARTERS, "q_count": [0] * QUARTERS,
@@ -156,6 +167,13 @@ class Trainer:
             ckpt = load_checkpoint(self.run_dir, map_location=self.device)
         except UserError as e:
             raise UserError(f"--resume: {e}") from None
+        try:
+            stored = config_from_dict(ckpt.config).to_dict()
+        except UserError as e:
+            raise UserError(f"--resume: the config stored in {ckpt.path}: {e}") from None
+        changes = resume_changes(stored, self.cfg.to_dict())
+        if changes and self.dist.is_main:
+            self.log_fn(f"resuming with changed settings: {', '.join(changes)}")
         if ckpt.network != self.network_config:
             diff = sorted(k for k in set(ckpt.network) | set(self.network_config)
                           if ckpt.network.get(k) != self.network_config.get(k))
@@ -324,9 +342,8 @@ class Trainer:
         self.window = self._empty_window()
         return row
 
-    def checkpoint(self) -> Path | None:
-        if not self.dist.is_main:
-            return None
+    def make_checkpoint(self) -> Checkpoint:
+        """The whole training state of this step as a ``Checkpoint`` (nothing written)."""
         extra_tensors = {}
         sampler_state = self.t_sampler.state_dict()
         for k, v in sampler_state.items():
@@ -337,7 +354,17 @@ class Trainer:
                           extra={"ema_updates": self.ema.num_updates, "window": self.window,
                                  "world_size": self.dist.world_size},
                           extra_tensors=extra_tensors)
-        return save_checkpoint(self.run_dir, ckpt, keep=self.cfg.train.keep_checkpoints)
+        return ckpt
+
+    def checkpoint(self) -> Path | None:
+        """Save this step (refused, ``TrainingDiverged``, when any weight is not finite)."""
+        if not self.dist.is_main:
+            return None
+        try:
+            return save_checkpoint(self.run_dir, self.make_checkpoint(), keep=self.cfg.train.keep_checkpoints)
+        except OSError as e:
+            raise UserError(f"cannot save a checkpoint in {self.run_dir / 'checkpoints'}: {e.strerror or e} "
+                            "(the previous checkpoint is kept)") from None
 
     def sample_picture(self, path: Path | None = None) -> Path | None:
         """A grid (images) or scatter plot (points) from the EMA weights with a fast sampler."""
@@ -379,8 +406,11 @@ class Trainer:
         cfg = self.cfg
         end = cfg.train.steps if max_steps is None else min(cfg.train.steps, self.step + max_steps)
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.toml").write_text(dump_toml(cfg))
+            create_output_dir("run.out_dir", self.run_dir)
+            try:
+                (self.run_dir / "config.toml").write_text(dump_toml(cfg))
+            except OSError as e:
+                raise UserError(f"cannot write {self.run_dir / 'config.toml'}: {e.strerror or e}") from None
             self.writer = self._open_writer()
         handlers = {}
         try:
