@@ -130,6 +130,8 @@ def _step_key(p: Path) -> tuple[int, int] | None:
 
 
 def _step_dirs(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
     return sorted((p for p in root.iterdir() if _step_key(p) is not None and p.is_dir()), key=_step_key)
 
 

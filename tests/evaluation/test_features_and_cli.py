@@ -173,6 +173,7 @@ def test_eval_bad_input(tiny_run, tmp_path, capsys):
         (ckpt / "ema.safetensors").unlink()
         state = json.loads((ckpt / "state.json").read_text())
         state["has_ema"] = False
+        state["files"].pop("ema.safetensors")  # a checkpoint saved without EMA records no such file
         (ckpt / "state.json").write_text(json.dumps(state))
     assert main(["eval", "nll", "--checkpoint", str(run), "-n", "2", "--no-progress"]) == 2
     assert "no EMA weights" in capsys.readouterr().err
