@@ -128,7 +128,7 @@ CASES = [
     ("warmup", train_args("train.warmup=-1"), "train.warmup must be >= 0"),
     ("clip", train_args("train.grad_clip=-1"), "train.grad_clip must be >= 0"),
     ("wd", train_args("train.weight_decay=-0.1"), "train.weight_decay must be >= 0"),
-    ("seed-neg", train_args("run.seed=-1"), "run.seed must lie in"),
+    ("seed-huge", train_args("run.seed=99999999999999999999"), "run.seed must lie in"),
     ("threads", train_args("run.threads=-2"), "run.threads must be >= 0"),
     ("device-name", train_args("run.device=tpu"), "run.device 'tpu' is not a device"),
     ("device-missing", train_args("run.device=cuda:7"), "run.device 'cuda:7'"),
@@ -162,8 +162,8 @@ CASES = [
     ("sample-n=0", ["sample", "--checkpoint", "{S}/run", "-n", "0", "--out", "{S}/x.png"], "argument -n"),
     ("sample-steps>T", sample_args("--steps", "500"), "1..20"),
     ("sample-sampler", sample_args("--sampler", "euler"), "argument --sampler: invalid choice"),
-    ("sample-seed", sample_args("--seed", "-3"), "--seed must lie in"),
-    ("sample-class", sample_args("--class", "-2"), "--class must lie in"),
+    ("sample-seed", sample_args("--seed", "99999999999999999999"), "--seed must lie in"),
+    ("sample-class", sample_args("--class", "-2"), "--class must be >= 0"),
     ("sample-out-dir", sample_args("--out", "{S}/notes"), "--out {S}/notes is a directory"),
     ("sample-out-under-file", sample_args("--out", "{S}/afile/x.png"), "{S}/afile exists and is not a directory"),
     ("sample-out-suffix", sample_args("--out", "{S}/x.xyz"), "unsupported file type '.xyz'"),
@@ -216,7 +216,7 @@ CASES = [
     ("nll-split", eval_args("nll", "--split", "val"), "argument --split: invalid choice"),
     ("rd-out-file", eval_args("rate-distortion", "--out", "{S}/afile"), "--out {S}/afile exists and is not a"),
     ("rd-out-under-file", eval_args("rate-distortion", "--out", "{S}/afile/rd"), "{S}/afile is a file"),
-    ("rd-columns", eval_args("rate-distortion", "--out", "{S}/rd", "--columns", "-1"), "--columns must lie in"),
+    ("rd-columns", eval_args("rate-distortion", "--out", "{S}/rd", "--columns", "-1"), "--columns must be >= 0"),
     ("fid-few", eval_args("fid", "-n", "1"), "too few samples"),
     ("fid-k", eval_args("fid", "-k", "0"), "argument -k/--k"),
     ("fid-nan", eval_args("fid", "-n", "8", ckpt="{S}/nan"), "holds non-finite weights"),
@@ -269,7 +269,7 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(case, sandbox, monkeyp
 
 
 def test_disk_full_during_a_checkpoint_save_is_one_line_and_keeps_nothing_half_written(sandbox, monkeypatch):
-    import ddpmkit.training.checkpoint as C
+    import ddpmkit.checkpoint as C
 
     def full(*_a, **_k):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

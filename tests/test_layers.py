@@ -16,7 +16,7 @@ FLOORS = {
     "config": 1, "checkpoint": 1, "diffusion": 1, "data": 1,
     "networks": 2, "viz": 2, "testing": 2,
     "samplers": 3, "diffusers_pipeline": 3,
-    "runs": 4,
+    "runs": 4, "validate": 4,
     "training": 5, "evaluation": 5, "pipeline": 5, "coding": 5,
     "demo": 6, "cli": 6, "evaluation.cli": 6, "coding.cli": 6, "__main__": 6, "__init__": 6,
 }

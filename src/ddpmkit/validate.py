@@ -16,7 +16,7 @@ from typing import Any
 from .config import Config
 from .errors import UserError
 
-MAX_SEED = 2**63 - 1
+SEED_RANGE = (-(2**63), 2**63 - 1)   # what torch.Generator.manual_seed takes (derive_seed folds the rest)
 CHECKPOINT_SECTIONS = ("diffusion", "model", "data")   # what a resumed run may not change
 
 
@@ -91,7 +91,7 @@ def _rules() -> dict[str, Callable[[str, Any], None]]:
     from .samplers import SAMPLERS
 
     return {
-        "run.seed": between(0, MAX_SEED), "run.device": check_device, "run.threads": at_least(0),
+        "run.seed": between(*SEED_RANGE), "run.device": check_device, "run.threads": at_least(0),
         "run.out_dir": check_output_dir,
         "data.name": _dataset_name, "data.image_size": at_least(0), "data.channels": one_of((0, 1, 3)),
         "data.n": at_least(0),
@@ -213,8 +213,8 @@ def resume_changes(stored: dict, given: dict) -> list[str]:
 
 # --- command arguments ------------------------------------------------------------------------
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+GRID_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf")          # image grids (Pillow), and scatter plots
+PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")  # matplotlib figures
 
 
 def check_args(args) -> None:
@@ -227,10 +227,12 @@ def check_args(args) -> None:
         v = getattr(args, opt, None)
         if v is not None:
             at_least(0)(f"--{opt}", v)
-    for opt in ("seed", "index", "class_label", "columns"):
+    if getattr(args, "seed", None) is not None:
+        between(*SEED_RANGE)("--seed", args.seed)
+    for opt in ("index", "class_label", "columns"):
         v = getattr(args, opt, None)
         if v is not None:
-            between(0, MAX_SEED)(f"--{opt.replace('_label', '')}", v)
+            at_least(0)(f"--{opt.replace('_label', '')}", v)
     for opt in ("steps", "trajectory"):
         v = getattr(args, opt, None)
         if isinstance(v, list):
@@ -245,9 +247,9 @@ def check_args(args) -> None:
         if command in ("export", "demo") or getattr(args, "eval_command", None) == "rate-distortion":
             check_output_dir("--out", out)
         else:
-            check_output_file("--out", out, PLOT_SUFFIXES if command in ("plot", "sample") else IMAGE_SUFFIXES)
-    for opt, suffixes in (("npy", (".npy",)), ("json", (".json",)), ("trajectory_out", IMAGE_SUFFIXES),
-                          ("save_samples", IMAGE_SUFFIXES)):
+            check_output_file("--out", out, GRID_SUFFIXES if command == "sample" else PLOT_SUFFIXES)
+    for opt, suffixes in (("npy", (".npy",)), ("json", (".json",)), ("trajectory_out", PLOT_SUFFIXES),
+                          ("save_samples", GRID_SUFFIXES)):
         v = getattr(args, opt, None)
         if isinstance(v, str):
             check_output_file(f"--{opt.replace('_', '-')}", v, suffixes)

@@ -14,9 +14,9 @@ import json
 import subprocess
 import sys
 
+from ddpmkit.checkpoint import load_checkpoint
 from ddpmkit.config import load_config
 from ddpmkit.testing.tiny import toy_overrides
-from ddpmkit.training.checkpoint import load_checkpoint
 from ddpmkit.training.trainer import train
 
 CHILD = r'''
@@ -28,7 +28,7 @@ torch.set_num_threads(1)  # no thread pool to trip over in forked children
 
 from ddpmkit.config import load_config
 from ddpmkit.testing.tiny import toy_overrides
-from ddpmkit.training.checkpoint import load_checkpoint, save_checkpoint
+from ddpmkit.checkpoint import load_checkpoint, save_checkpoint
 from ddpmkit.training.trainer import Trainer
 
 base, work, reference = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])

@@ -8,10 +8,7 @@ import shutil
 import pytest
 import torch
 
-from ddpmkit.config import load_config
-from ddpmkit.errors import TrainingDiverged, UserError
-from ddpmkit.testing.tiny import toy_overrides
-from ddpmkit.training.checkpoint import (
+from ddpmkit.checkpoint import (
     Checkpoint,
     clean_checkpoints,
     export_checkpoint,
@@ -20,6 +17,9 @@ from ddpmkit.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from ddpmkit.config import load_config
+from ddpmkit.errors import TrainingDiverged, UserError
+from ddpmkit.testing.tiny import toy_overrides
 from ddpmkit.training.trainer import Trainer, train, train_config
 
 
