@@ -221,7 +221,7 @@ CASES = [
     ("fid-k", eval_args("fid", "-k", "0"), "argument -k/--k"),
     ("fid-nan", eval_args("fid", "-n", "8", ckpt="{S}/nan"), "holds non-finite weights"),
     ("no-command", [], "the following arguments are required: COMMAND"),
-    ("unknown-command", ["compress"], "argument COMMAND: invalid choice"),
+    ("unknown-command", ["frobnicate"], "argument COMMAND: invalid choice"),
 ]
 
 
