@@ -47,6 +47,8 @@ def test_palette_alpha_one_bit_and_cmyk(tmp_path):
     la = Image.fromarray(np.stack([RAMP, np.zeros_like(RAMP)], -1).astype(np.uint8))
     assert np.array_equal(np.asarray(to_8bit(la, "L")), RAMP)
     assert np.array_equal(np.asarray(to_8bit(la, "RGB"))[..., 1], RAMP)
+    opaque = Image.fromarray(np.stack([RAMP, np.full_like(RAMP, 255)], -1).astype(np.uint8)).convert("La")
+    assert opaque.mode == "La" and np.array_equal(np.asarray(to_8bit(opaque, "L")), RAMP)  # premultiplied alpha
     # 1-bit: 0 / 255
     bits = Image.fromarray(RAMP >= 128)
     assert bits.mode == "1"

@@ -20,7 +20,7 @@ from .dataset import DataError
 
 GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N")
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
-_VIA_RGBA = ("P", "PA", "LA", "La", "RGBa")
+_VIA_RGBA = ("P", "PA", "LA", "RGBa")
 _CONVERTIBLE = ("1", "L", "P", "PA", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr")
 
 
@@ -41,6 +41,8 @@ def to_8bit(img: Image.Image, mode: str, where: str = "image") -> Image.Image:
     """``img`` (any mode Pillow opens) as an 8-bit ``mode`` ('L' or 'RGB') image; ``where`` names it in errors."""
     if mode not in ("L", "RGB"):
         raise ValueError(f"mode must be 'L' or 'RGB', got {mode!r}")
+    if img.mode == "La":  # premultiplied alpha: Pillow converts it only to LA
+        img = img.convert("LA")
     if img.mode in _SIXTEEN_BIT or img.mode == "I":
         img = _integer_to_8bit(img, where)
     elif img.mode not in _CONVERTIBLE:
