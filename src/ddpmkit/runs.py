@@ -160,6 +160,13 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
     return Path(path)
 
 
+def _refuse_nonfinite(weights: dict[str, torch.Tensor], where) -> None:
+    bad = first_nonfinite(weights)
+    if bad is not None:
+        raise UserError(f"checkpoint {where} holds non-finite weights ({bad} has NaN or infinity); it cannot be "
+                        "sampled or evaluated: use an earlier checkpoint")
+
+
 def load_run(path: str | Path, *, device: str | torch.device = "auto", use_ema: bool = True,
              require_ema: bool = False) -> LoadedRun:
     """A run directory, checkpoint directory, ``pretrained:NAME``, or a diffusers DDPM/DDIM pipeline
@@ -171,6 +178,7 @@ def load_run(path: str | Path, *, device: str | torch.device = "auto", use_ema: 
     pipe = pipeline_dir(path)
     if pipe is not None:
         cfg, process, model, ckpt = read_diffusers_pipeline(pipe)
+        _refuse_nonfinite(model.state_dict(), pipe)
         return LoadedRun(cfg, process.to(device), model.to(device).eval(), ckpt, uses_ema=False)
     ckpt = load_checkpoint(resolve_checkpoint_path(path), map_location="cpu", with_optimizer=False)
     cfg = config_from_dict(ckpt.config)
@@ -181,10 +189,7 @@ def load_run(path: str | Path, *, device: str | torch.device = "auto", use_ema: 
         weights = ckpt.ema
     elif require_ema:
         raise UserError(f"checkpoint {ckpt.path} has no EMA weights; pass --no-ema to use the raw weights")
-    bad = first_nonfinite(weights)
-    if bad is not None:
-        raise UserError(f"checkpoint {ckpt.path} holds non-finite weights ({bad} has NaN or infinity); it cannot be "
-                        "sampled or evaluated: use an earlier checkpoint")
+    _refuse_nonfinite(weights, ckpt.path)
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:
