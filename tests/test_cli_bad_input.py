@@ -203,6 +203,8 @@ CASES = [
     ("export-not-empty", ["export", "{S}/run", "--out", "{S}/notes"], "exists and is not empty"),
     ("export-out-file", ["export", "{S}/run", "--out", "{S}/afile"], "exists and is not a directory"),
     ("export-missing", ["export", "{S}/none", "--out", "{S}/e"], "no run or checkpoint"),
+    ("export-diffusers-not-export", ["export", "{S}/run", "--diffusers", "--out", "{S}/notes", "--force"],
+     "holds something other than a diffusers pipeline export"),
     ("plot-no-run", ["plot", "loss", "--out", "{S}/l.png"], "plot loss needs the run directory"),
     ("plot-no-metrics", ["plot", "loss", "{S}/notes", "--out", "{S}/l.png"], "no metrics.jsonl"),
     ("plot-suffix", ["plot", "schedules", "--out", "{S}/s.gif"], "unsupported file type '.gif'"),
