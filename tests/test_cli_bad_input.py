@@ -142,7 +142,7 @@ CASES = [
     ("options-not-table", train_args("model.options=3"), "model.options must be a dict"),
     ("image-folder-empty", train_args("data.name=image-folder", 'data.data_dir="{S}/noimages"',
                                       "data.image_size=8"), "no readable PNG/JPEG images"),
-    ("config-missing", ["train", "--config", "{S}/none.toml"], "--config {S}/none.toml: no such file"),
+    ("config-missing", ["train", "--config", "{S}/none.toml"], "config file not found: {S}/none.toml"),
     ("config-bad-toml", ["train", "--config", "{S}/bad.toml"], "not valid TOML"),
     ("config-not-table", ["train", "--config", "{S}/table.toml"], "[train] must be a table"),
     ("no-config", ["train"], "train needs --config FILE"),
@@ -205,11 +205,14 @@ CASES = [
     ("export-missing", ["export", "{S}/none", "--out", "{S}/e"], "no run or checkpoint"),
     ("export-diffusers-not-export", ["export", "{S}/run", "--diffusers", "--out", "{S}/notes", "--force"],
      "holds something other than a diffusers pipeline export"),
-    ("plot-no-run", ["plot", "loss", "--out", "{S}/l.png"], "plot loss needs the run directory"),
+    ("plot-no-run", ["plot", "loss", "--out", "{S}/l.png"], "the following arguments are required: run"),
     ("plot-no-metrics", ["plot", "loss", "{S}/notes", "--out", "{S}/l.png"], "no metrics.jsonl"),
     ("plot-suffix", ["plot", "schedules", "--out", "{S}/s.gif"], "unsupported file type '.gif'"),
-    ("plot-what", ["plot", "curves", "--out", "{S}/s.png"], "argument what: invalid choice"),
-    ("demo-config", ["demo", "--config", "{S}/none.toml", "--out", "{S}/demo"], "no such file"),
+    ("plot-what", ["plot", "curves", "--out", "{S}/s.png"], "argument WHAT: invalid choice"),
+    ("demo-config", ["demo", "--config", "{S}/none.toml", "--out", "{S}/demo"], "config file not found"),
+    ("configs-unknown", ["configs", "nosuch"], "no shipped config 'nosuch'"),
+    ("configs-out-exists", ["configs", "digits", "--out", "{S}/afile"], "exists; not overwriting it"),
+    ("configs-out-under-file", ["configs", "digits", "--out", "{S}/afile/x.toml"], "is not a directory"),
     ("demo-out-file", ["demo", "--out", "{S}/afile"], "exists and is not a directory"),
     # --- eval ------------------------------------------------------------------------------------------
     ("nll-missing", eval_args("nll", ckpt="{S}/none"), "no run or checkpoint"),
@@ -254,7 +257,7 @@ def check_one_error_line(code, err: str, expect: str) -> None:
 def test_there_are_enough_cases_across_all_subcommands():
     assert len(CASES) >= 60 and len({c[0] for c in CASES}) == len(CASES)
     firsts = {argv[0] for _, argv, _ in CASES if argv}
-    assert {"train", "sample", "forward", "info", "export", "plot", "demo", "eval"} <= firsts
+    assert {"train", "sample", "forward", "info", "export", "plot", "demo", "eval", "configs"} <= firsts
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])

@@ -215,6 +215,10 @@ def resume_changes(stored: dict, given: dict) -> list[str]:
 
 GRID_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf")          # image grids (Pillow), and scatter plots
 PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")  # matplotlib figures
+# what --out names, per command: a directory, a file with one of these suffixes (None: any), or (not listed)
+# a place the command checks itself
+OUT_KINDS = {"export": "dir", "demo": "dir", "rate-distortion": "dir", "sample": GRID_SUFFIXES,
+             "forward": PLOT_SUFFIXES, "plot": PLOT_SUFFIXES, "configs": None}
 
 
 def check_args(args) -> None:
@@ -243,11 +247,11 @@ def check_args(args) -> None:
     if getattr(args, "image", None) and not Path(args.image).is_file():
         raise UserError(f"--image: cannot read image {args.image}: no such file")
     out = getattr(args, "out", None)
-    if out is not None:
-        if command in ("export", "demo") or getattr(args, "eval_command", None) == "rate-distortion":
-            check_output_dir("--out", out)
-        else:
-            check_output_file("--out", out, GRID_SUFFIXES if command == "sample" else PLOT_SUFFIXES)
+    kind = OUT_KINDS.get(getattr(args, "eval_command", None) or command, "unchecked")
+    if out is not None and kind == "dir":
+        check_output_dir("--out", out)
+    elif out is not None and kind != "unchecked":
+        check_output_file("--out", out, kind)
     for opt, suffixes in (("npy", (".npy",)), ("json", (".json",)), ("trajectory_out", PLOT_SUFFIXES),
                           ("save_samples", GRID_SUFFIXES)):
         v = getattr(args, opt, None)
