@@ -18,6 +18,9 @@ from .errors import UserError
 
 SEED_RANGE = (-(2**63), 2**63 - 1)   # what torch.Generator.manual_seed takes (derive_seed folds the rest)
 CHECKPOINT_SECTIONS = ("diffusion", "model", "data")   # what a resumed run may not change
+# [data] keys that choose how the same items are stored and read, not which items (a prepared copy
+# trains bit-identically to the in-memory set): a resumed run may change them
+HOW_NOT_WHAT = ("data.storage", "data.prepared_dir", "data.workers")
 
 
 # --- single values ----------------------------------------------------------------------------
@@ -85,6 +88,7 @@ def _schedule(where: str, v) -> None:
 
 
 def _rules() -> dict[str, Callable[[str, Any], None]]:
+    from .data.prepared import STORAGES
     from .diffusion.losses import LOSS_TYPES
     from .diffusion.parameterization import PREDICTIONS, VARIANCES
     from .diffusion.timesteps import TIMESTEP_SAMPLERS
@@ -94,7 +98,7 @@ def _rules() -> dict[str, Callable[[str, Any], None]]:
         "run.seed": between(*SEED_RANGE), "run.device": check_device, "run.threads": at_least(0),
         "run.out_dir": check_output_dir,
         "data.name": _dataset_name, "data.image_size": at_least(0), "data.channels": one_of((0, 1, 3)),
-        "data.n": at_least(0),
+        "data.n": at_least(0), "data.storage": one_of(STORAGES), "data.workers": at_least(0),
         "diffusion.schedule": _schedule, "diffusion.timesteps": at_least(1),
         "diffusion.prediction": one_of(PREDICTIONS), "diffusion.variance": one_of(VARIANCES),
         "diffusion.loss": one_of(LOSS_TYPES), "diffusion.timestep_sampler": one_of(("auto", *TIMESTEP_SAMPLERS)),
@@ -203,7 +207,7 @@ def resume_changes(stored: dict, given: dict) -> list[str]:
     describes the allowed changes (``train.steps 4 -> 8``), empty when nothing changed."""
     a, b = _flatten(stored), _flatten(given)
     changed = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k != "run.out_dir"]
-    refused = [k for k in changed if k.split(".")[0] in CHECKPOINT_SECTIONS]
+    refused = [k for k in changed if k.split(".")[0] in CHECKPOINT_SECTIONS and k not in HOW_NOT_WHAT]
     if refused:
         detail = "; ".join(f"{k}: {a.get(k)!r} in the checkpoint, {b.get(k)!r} given" for k in refused)
         raise UserError(f"--resume would change what this run trains ({detail}); [diffusion], [model] and "
