@@ -141,7 +141,7 @@ CASES = [
     ("set-no-section", train_args("lr=1"), "--set key must look like section.key"),
     ("options-not-table", train_args("model.options=3"), "model.options must be a dict"),
     ("image-folder-empty", train_args("data.name=image-folder", 'data.data_dir="{S}/noimages"',
-                                      "data.image_size=8"), "no readable PNG/JPEG images"),
+                                      "data.image_size=8"), "PNG/JPEG images found under {S}/noimages"),
     ("config-missing", ["train", "--config", "{S}/none.toml"], "config file not found: {S}/none.toml"),
     ("config-bad-toml", ["train", "--config", "{S}/bad.toml"], "not valid TOML"),
     ("config-not-table", ["train", "--config", "{S}/table.toml"], "[train] must be a table"),
