@@ -44,9 +44,9 @@ class DataSection:
 class DiffusionSection:
     schedule: str = "linear"
     timesteps: int = 1000
-    prediction: str = "eps"         # eps | x0 | v
-    variance: str = "fixed_small"   # fixed_small | fixed_large | learned_range
-    loss: str = "simple"            # simple | vlb | hybrid
+    prediction: str = "eps"         # eps | x0 | v | mean (mu~)
+    variance: str = "fixed_small"   # fixed_small | fixed_large | learned_range | learned (log-variance)
+    loss: str = "simple"            # simple (unweighted MSE on the target) | vlb (the bound L) | hybrid
     timestep_sampler: str = "auto"  # auto (importance sampling when the loss is vlb) | uniform | loss-second-moment
 
 

@@ -16,6 +16,7 @@ from .checkpoint import Checkpoint, first_nonfinite, load_checkpoint
 from .config import Config, DiffusionSection, config_from_dict
 from .diffusers_pipeline import pipeline_dir, read_diffusers_pipeline
 from .diffusion import GaussianDiffusion
+from .diffusion.parameterization import LEARNED_VARIANCES
 from .errors import UserError
 from .networks.factory import build_network, config_to_dict, network_config
 from .networks.factory import config_from_dict as network_from_dict
@@ -57,7 +58,7 @@ def resolve_network_config(cfg: Config, item_shape: tuple[int, ...], num_classes
     """The network's config for this data: the preset, the user's options, and what the data fixes
     (channels, size, classes) and the diffusion fixes (learned variance doubles the outputs)."""
     m = cfg.model
-    learn_sigma = cfg.diffusion.variance == "learned_range"
+    learn_sigma = cfg.diffusion.variance in LEARNED_VARIANCES
     classes = num_classes if cfg.data.class_conditional else None
     if m.kind == "unet":
         if len(item_shape) != 3:

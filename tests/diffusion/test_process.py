@@ -164,10 +164,10 @@ def test_clip_x0_clamps_and_keeps_eps_consistent(proc):
 
 def test_clear_errors_for_bad_input(proc):
     x = torch.zeros(2, 3)
-    with pytest.raises(ValueError, match="valid choices: eps, x0, v"):
+    with pytest.raises(ValueError, match="valid choices: eps, x0, v, mean"):
         GaussianDiffusion([0.1], prediction="noise")
-    with pytest.raises(ValueError, match="fixed_small, fixed_large, learned_range"):
-        GaussianDiffusion([0.1], variance="learned")
+    with pytest.raises(ValueError, match="fixed_small, fixed_large, learned_range, learned"):
+        GaussianDiffusion([0.1], variance="learnt")
     with pytest.raises(ValueError, match=r"allowed 0\.\.999"):
         proc.q_sample(x, 1000)
     with pytest.raises(ValueError, match=r"allowed 0\.\.999"):

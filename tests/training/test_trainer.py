@@ -210,3 +210,24 @@ def test_sigint_finishes_the_step_saves_and_exits_zero(tmp_path):
     assert "received SIGINT" in out and "stopped at step" in out
     ckpt = load_checkpoint(run)
     assert 2 <= ckpt.step < 100_000
+
+
+def test_mean_prediction_with_learned_log_variance_trains_on_the_bound(tmp_path):
+    """DDPM's Table 2 baseline row (mu~ prediction, L, learned diagonal Sigma) through the trainer: the
+    network gets 2x outputs, the loss is finite, and the weights move."""
+    over = toy_sets(tmp_path / "run", 3, **{"diffusion.prediction": "mean", "diffusion.variance": "learned",
+                                            "diffusion.loss": "vlb", "diffusion.timestep_sampler": "uniform"})
+    trainer = Trainer(load_config(None, over), progress=False)
+    assert trainer.model.config.learn_sigma
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    result = trainer.train()
+    assert result.step == 3 and torch.isfinite(torch.tensor(result.last_loss))
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
+
+
+def test_loss_must_exist_and_fit_the_variance(tmp_path):
+    with pytest.raises(UserError, match=r"\[diffusion\] unknown loss type 'l2'; valid choices: simple, vlb, hybrid"):
+        Trainer(load_config(None, toy_sets(tmp_path, 2, **{"diffusion.loss": "l2"})), progress=False)
+    with pytest.raises(UserError, match="loss 'hybrid' trains the variance: it needs variance 'learned_range' or "
+                                        "'learned'"):
+        Trainer(load_config(None, toy_sets(tmp_path, 2, **{"diffusion.loss": "hybrid"})), progress=False)

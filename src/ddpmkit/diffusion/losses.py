@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from .parameterization import split_variance_output, training_target
+from .parameterization import LEARNED_VARIANCES, split_variance_output, training_target
 from .process import GaussianDiffusion, model_output_to_prediction
 
 LOG2 = math.log(2.0)
@@ -85,13 +85,30 @@ def prior_bpd(process: GaussianDiffusion, x0: torch.Tensor) -> torch.Tensor:
 
 def simple_loss(process: GaussianDiffusion, model_output: torch.Tensor, x0: torch.Tensor,
                 t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """L_simple: per-example MSE between the prediction and its target (eps, x0 or v)."""
+    """Unweighted per-example MSE between the prediction and its target (eps, x0, v or mu~).
+
+    For eps this is L_simple (Ho et al., eq. 14); for 'mean' it is ||mu~(x_t, x0) - mu_theta||^2
+    without the bound's 1 / (2 sigma_t^2) weight (Ho et al., Table 2).  Only the prediction channels
+    enter: with a learned variance its channels get no gradient from this term.
+    """
     t = process.check_t(t, x0)
     out, _ = split_variance_output(model_output, x0, process.variance)
     target = training_target(process.prediction, x0, noise,
                              process.extract(process.sqrt_alphas_cumprod, t, x0),
-                             process.extract(process.sqrt_one_minus_alphas_cumprod, t, x0))
+                             process.extract(process.sqrt_one_minus_alphas_cumprod, t, x0),
+                             x_t=process.q_sample(x0, t, noise),
+                             c1=process.extract(process.net_posterior_mean_coef1, t, x0),
+                             c2=process.extract(process.net_posterior_mean_coef2, t, x0))
     return mean_flat((out - target) ** 2)
+
+
+def check_loss(loss_type: str, variance: str) -> None:
+    """ValueError for an unknown loss type or one that does not fit the variance."""
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"unknown loss type {loss_type!r}; valid choices: {', '.join(LOSS_TYPES)}")
+    if loss_type == "hybrid" and variance not in LEARNED_VARIANCES:
+        raise ValueError("loss 'hybrid' trains the variance: it needs variance "
+                         + " or ".join(repr(v) for v in LEARNED_VARIANCES))
 
 
 def training_losses(process: GaussianDiffusion, model_fn: Callable[..., torch.Tensor], x0: torch.Tensor,
@@ -99,15 +116,17 @@ def training_losses(process: GaussianDiffusion, model_fn: Callable[..., torch.Te
                     generator: torch.Generator | None = None, model_kwargs: dict | None = None) -> dict:
     """Per-example training losses at sampled steps ``t``.
 
-    * ``simple``: L_simple (Ho et al., eq. 14).
-    * ``vlb``: T * L_t, an unbiased single-term estimate of the full bound L_vlb (bits/dim).
+    * ``simple``: the unweighted MSE on the prediction target: L_simple (Ho et al., eq. 14) for
+      eps, ||mu~ - mu_theta||^2 for 'mean' (see ``simple_loss``).
+    * ``vlb``: T * L_t, an unbiased single-term estimate of the full bound L_vlb (bits/dim): the
+      true bound L with the process's variance (a learned one gets the gradient too).
     * ``hybrid``: L_simple + lambda * T * L_t with lambda = 0.001 and the mean's gradient stopped in
-      the bound term, so it trains only the variance (Nichol & Dhariwal, Sec. 3.1).
+      the bound term, so it trains only the variance (Nichol & Dhariwal, Sec. 3.1); it needs a
+      learned variance ('learned_range' or 'learned').
 
     Returns a dict with 'loss' and its parts ('mse', 'vb' where computed), each of shape (B,).
     """
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"unknown loss type {loss_type!r}; valid choices: {', '.join(LOSS_TYPES)}")
+    check_loss(loss_type, process.variance)
     t = process.check_t(t, x0)
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
@@ -122,8 +141,6 @@ def training_losses(process: GaussianDiffusion, model_fn: Callable[..., torch.Te
     terms["mse"] = simple_loss(process, output, x0, t, noise)
     terms["loss"] = terms["mse"]
     if loss_type == "hybrid":
-        if process.variance != "learned_range":
-            raise ValueError("loss 'hybrid' trains the variance: it needs variance 'learned_range'")
         c = x0.shape[1]
         frozen = torch.cat([output[:, :c].detach(), output[:, c:]], dim=1)
         terms["vb"] = vlb_term(process, frozen, x0, x_t, t) * (HYBRID_LAMBDA * T)

@@ -8,7 +8,7 @@ last latent x_T.  The process never holds a network and never loops over time: s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -16,6 +16,9 @@ from torch import nn
 
 from . import parameterization as P
 from .schedules import get_betas
+
+# coefficients of the network's own step, kept per step of a respaced process (see ``respace``)
+NETWORK_COEFS = ("posterior_mean_coef1", "posterior_mean_coef2", "log_betas", "posterior_log_variance_clipped")
 
 
 def _as_generator_noise(like: torch.Tensor, noise: torch.Tensor | None,
@@ -32,15 +35,22 @@ class GaussianDiffusion(nn.Module):
 
     Args:
         betas: 1-D float64 array of T betas (see :mod:`ddpmkit.diffusion.schedules`).
-        prediction: what the network predicts: 'eps', 'x0' or 'v'.
+        prediction: what the network predicts: 'eps', 'x0', 'v' or 'mean' (the posterior mean
+            mu~ of its step, Ho et al.'s first parameterisation).
         variance: reverse-process variance: 'fixed_small' (beta_tilde), 'fixed_large' (beta, with
-            beta_tilde_1 at t = 0 as the papers' code does) or 'learned_range' (Improved DDPM).
+            beta_tilde_1 at t = 0 as the papers' code does), 'learned_range' (Improved DDPM) or
+            'learned' (the network outputs the log-variance, Ho et al.'s learned diagonal Sigma).
         timestep_map: for a respaced process, the original index of each kept step (the network
             was trained on those); identity otherwise.
+        network_coefs: for a respaced process, the original chain's coefficients named in
+            ``NETWORK_COEFS`` at each kept step (``respace`` passes them); by default this process's
+            own.  They are kept as ``net_<name>`` buffers and read a 'mean' prediction (mu of the
+            network's step) and a 'learned' log-variance.
     """
 
     def __init__(self, betas: Sequence[float] | np.ndarray, prediction: str = "eps",
-                 variance: str = "fixed_small", timestep_map: Sequence[int] | None = None):
+                 variance: str = "fixed_small", timestep_map: Sequence[int] | None = None,
+                 network_coefs: Mapping[str, np.ndarray] | None = None):
         super().__init__()
         self.prediction = P.check_choice("prediction type", prediction, P.PREDICTIONS)
         self.variance = P.check_choice("variance type", variance, P.VARIANCES)
@@ -82,6 +92,13 @@ class GaussianDiffusion(nn.Module):
         if tmap.shape != (T,):
             raise ValueError(f"timestep_map must have one entry per step ({T}), got shape {tmap.shape}")
         self.register_buffer("timestep_map", torch.from_numpy(tmap.astype(np.int64)), persistent=False)
+        self.is_respaced = not np.array_equal(tmap, np.arange(T))  # the network's steps differ from ours
+        net = {name: coeffs[name] for name in NETWORK_COEFS} if network_coefs is None else network_coefs
+        if set(net) != set(NETWORK_COEFS) or any(np.shape(net[k]) != (T,) for k in NETWORK_COEFS):
+            raise ValueError(f"network_coefs must hold {', '.join(NETWORK_COEFS)}, one value per step ({T})")
+        for name in NETWORK_COEFS:
+            self.register_buffer("net_" + name, torch.from_numpy(np.ascontiguousarray(net[name], dtype=np.float64)),
+                                 persistent=False)
 
     # --- construction ----------------------------------------------------------------------
     @classmethod
@@ -183,11 +200,19 @@ def model_output_to_prediction(
 ) -> P.Prediction:
     """Turn a network output into (x0, eps, mean, log_var) for the step at index ``t``.
 
-    ``prediction`` ('eps' | 'x0' | 'v') and ``variance`` ('fixed_small' | 'fixed_large' |
-    'learned_range') default to the process's own.  ``clip_x0`` clamps the predicted x0 to
-    [-1, 1] (or applies a callable); eps is then recomputed from the clipped x0 so that the pair
+    ``prediction`` ('eps' | 'x0' | 'v' | 'mean') and ``variance`` ('fixed_small' | 'fixed_large' |
+    'learned_range' | 'learned') default to the process's own.  ``clip_x0`` clamps the predicted x0
+    to [-1, 1] (or applies a callable); eps is then recomputed from the clipped x0 so that the pair
     stays consistent (DDIM uses both).  The mean is the posterior mean q(x_{t-1} | x_t, x0_hat),
-    which for an eps prediction equals Ho et al.'s 1/sqrt(alpha_t) (x_t - beta_t/sqrt(1-abar_t) eps).
+    which for an eps prediction equals Ho et al.'s 1/sqrt(alpha_t) (x_t - beta_t/sqrt(1-abar_t) eps)
+    and for a 'mean' prediction (Ho et al.'s mu~ parameterisation) is the network output itself up to
+    rounding; with ``clip_x0`` it is the posterior mean at the clipped x0 for every prediction type
+    (the papers' code keeps the raw network mean for mu~ and clips only the reported x0).
+
+    A 'mean' output and a 'learned' log-variance describe one step of the chain the network was
+    trained on, so on a respaced process they are read with that chain's coefficients at
+    ``process.network_t(t)`` (``net_*`` buffers): x0 from the original step's c1, c2, and the
+    learned log-variance as the same fraction of the way from log beta~ to log beta.
     The process only looks up its coefficients at ``t``; the algebra is in :mod:`.parameterization`.
     """
     prediction = P.check_choice("prediction type", prediction or process.prediction, P.PREDICTIONS)
@@ -197,7 +222,9 @@ def model_output_to_prediction(
 
     alpha = process.extract(process.sqrt_alphas_cumprod, t, x_t)
     sigma = process.extract(process.sqrt_one_minus_alphas_cumprod, t, x_t)
-    x0, eps = P.x0_eps_from_output(prediction, out, x_t, alpha, sigma)
+    x0, eps = P.x0_eps_from_output(prediction, out, x_t, alpha, sigma,
+                                   process.extract(process.net_posterior_mean_coef1, t, x_t),
+                                   process.extract(process.net_posterior_mean_coef2, t, x_t))
     if clip_x0:
         x0 = clip_x0(x0) if callable(clip_x0) else x0.clamp(-1.0, 1.0)
         eps = P.eps_from_x0(x_t, x0, alpha, sigma)
@@ -209,6 +236,12 @@ def model_output_to_prediction(
         log_var = min_log.expand_as(x_t)
     elif variance == "fixed_large":
         log_var = process.extract(process.log_betas_large, t, x_t).expand_as(x_t)
-    else:  # learned_range
+    elif variance == "learned_range":
         log_var = P.learned_log_variance(v_raw, min_log, process.extract(process.log_betas, t, x_t))
+    elif not process.is_respaced:  # learned: the network's log-variance, as is (Ho et al.'s learned diagonal)
+        log_var = v_raw
+    else:  # learned, respaced: the same position between the bounds of the respaced step
+        log_var = P.relearned_log_variance(v_raw, process.extract(process.net_posterior_log_variance_clipped, t, x_t),
+                                           process.extract(process.net_log_betas, t, x_t), min_log,
+                                           process.extract(process.log_betas, t, x_t))
     return P.Prediction(x0=x0, eps=eps, mean=mean, log_var=log_var)

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
-from .process import GaussianDiffusion
+from .process import NETWORK_COEFS, GaussianDiffusion
 
 
 class UniformSampler:
@@ -165,8 +165,9 @@ def respace(process: GaussianDiffusion, use_timesteps: Iterable[int]) -> Gaussia
     for k in kept:
         betas.append(1.0 - abar[k] / prev)
         prev = abar[k]
+    net = {name: getattr(process, "net_" + name).cpu().numpy()[kept] for name in NETWORK_COEFS}
     return GaussianDiffusion(np.asarray(betas), prediction=process.prediction, variance=process.variance,
-                             timestep_map=base_map[kept]).to(process.alphas_cumprod.device)
+                             timestep_map=base_map[kept], network_coefs=net).to(process.alphas_cumprod.device)
 
 
 def respaced(process: GaussianDiffusion, spec: str | int | Sequence[int]) -> GaussianDiffusion:

@@ -31,7 +31,8 @@ class MLPConfig:
         num_layers: number of hidden (Dense + time projection -> SiLU) layers.
         temb_dim: width of the sinusoidal time embedding (lifted to ``hidden`` by a 2-layer MLP).
         num_classes: ``None`` or ``K`` (the label table has ``K + 1`` rows; row ``K`` is the null label).
-        learn_sigma: output ``2 * dim`` values (eps and the variance interpolation ``v``).
+        learn_sigma: output ``2 * dim`` values (the prediction and the variance channels: the
+            interpolation ``v`` for learned_range, the log-variance for learned).
         flip_sin_to_cos / freq_shift: timestep-embedding convention (see ``timestep_embedding``).
     """
 

@@ -61,7 +61,8 @@ class UNetConfig:
         num_heads: attention heads (ignored when ``head_channels`` is set).
         head_channels: if set, heads = channels // head_channels at each attention block.
         scale_shift_norm: Improved DDPM's ``GN(h) * (1 + scale) + shift`` time conditioning.
-        learn_sigma: output ``2 * in_channels`` channels (eps and the variance interpolation ``v``).
+        learn_sigma: output ``2 * in_channels`` channels (the prediction and the variance channels:
+            the interpolation ``v`` for learned_range, the log-variance for learned).
         num_classes: ``None`` (unconditional) or ``K``; the label table then has ``K + 1`` rows, row ``K``
             being the "null" label used for classifier-free guidance (``y=None`` means null).
         norm_groups / norm_eps: GroupNorm settings (TF DDPM used eps 1e-6, PyTorch's default is 1e-5).

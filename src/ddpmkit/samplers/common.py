@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from ..diffusion.parameterization import Prediction
+from ..diffusion.parameterization import LEARNED_VARIANCES, Prediction
 from ..diffusion.process import GaussianDiffusion
 from ..diffusion.timesteps import respace
 
@@ -172,7 +172,7 @@ def guided_model_fn(model_fn: ModelFn, y: torch.Tensor, w: float, null_label: in
     """Classifier-free guidance (Ho & Salimans 2022) as a model: out = out_null + w (out_y - out_null).
 
     One forward pass on the doubled batch [x, x] with labels [y, null].  The combination is done on
-    the raw prediction (eps, x0 or v); because eps is an affine function of x0 and of v at fixed
+    the raw prediction (eps, x0, v or mean); because eps is an affine function of each at fixed
     (x_t, t) and the weights (1 - w) + w sum to one, this equals combining in eps space
     (eps = eps_null + w (eps_y - eps_null)) for every prediction type.  With a learned variance
     (2C output channels) only the first C channels are combined; the variance channels are the
@@ -235,7 +235,7 @@ def conditioning(model_fn: ModelFn, process: GaussianDiffusion, x: torch.Tensor,
     if y is None:
         raise ValueError("classifier-free guidance needs class labels y (one or one per sample)")
     labels = check_labels(y, x.shape[0], nc, x.device)
-    guided = guided_model_fn(model_fn, labels, guidance, nc, learned_variance=process.variance == "learned_range")
+    guided = guided_model_fn(model_fn, labels, guidance, nc, learned_variance=process.variance in LEARNED_VARIANCES)
     return guided, None
 
 

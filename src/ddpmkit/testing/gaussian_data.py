@@ -2,8 +2,9 @@
 
 Used to check the variational bound and everything built on it against closed forms:
 E[x0 | x_t] and Var[x0 | x_t] are Gaussian conditioning, the optimal eps follows, and for
-``learned_range`` the model also outputs the true reverse variance beta_tilde + coef1^2 Var[x0 | x_t]
-(as its interpolation v in [-1, 1]).  ``quantised`` draws 8-bit data and the exact -log2 P(x0).
+a learned variance the model also outputs the true reverse variance beta_tilde + coef1^2 Var[x0 | x_t]
+(as its interpolation v in [-1, 1] for ``learned_range``, as its log for ``learned``).  ``quantised``
+draws 8-bit data and the exact -log2 P(x0).
 """
 
 from __future__ import annotations
@@ -25,20 +26,33 @@ class QuantisedGaussian:
         v = a * a * self.sd**2 + s2
         return self.mu + a * self.sd**2 / v * (x_t - a * self.mu), self.sd**2 * s2 / v
 
-    def model_fn(self, process):
-        """The optimal network for ``process`` (eps prediction; variance channels for learned_range)."""
+    def model_fn(self, process, prediction: str | None = None):
+        """The optimal network for ``process``, in its prediction type unless ``prediction`` is given
+        (eps, x0, v, or the posterior mean c1 E[x0 | x_t] + c2 x_t for 'mean').  A learned variance
+        gets the true reverse variance: as its interpolation for 'learned_range', as its log for
+        'learned'."""
+        pred = prediction or process.prediction
+
         def model(x_t, t, y=None):
-            ab = process.alphas_cumprod[t].view(-1, *([1] * (x_t.ndim - 1)))
+            shape = (-1, *([1] * (x_t.ndim - 1)))
+            ab = process.alphas_cumprod[t].view(shape)
             ex0, var0 = self.posterior(process, x_t, t)
             eps = (x_t - ab.sqrt() * ex0) / (1 - ab).sqrt()
-            if process.variance != "learned_range":
-                return eps
-            c1 = process.posterior_mean_coef1[t].view(-1, 1)
-            opt = (process.posterior_variance[t].view(-1, 1) + c1**2 * var0).log()
-            lo = process.posterior_log_variance_clipped[t].view(-1, 1)
-            hi = process.log_betas[t].view(-1, 1)
+            c1, c2 = process.posterior_mean_coef1[t].view(shape), process.posterior_mean_coef2[t].view(shape)
+            outs = {"eps": eps, "x0": ex0, "v": ab.sqrt() * eps - (1 - ab).sqrt() * ex0,
+                    "mean": c1 * ex0 + c2 * x_t}
+            if pred not in outs:
+                raise ValueError(f"unknown prediction type {pred!r}; valid: {', '.join(outs)}")
+            out = outs[pred]
+            if process.variance not in ("learned_range", "learned"):
+                return out
+            opt = (process.posterior_variance[t].view(shape) + c1**2 * var0).log()
+            if process.variance == "learned":
+                return torch.cat([out, opt.expand_as(out)], 1)
+            lo = process.posterior_log_variance_clipped[t].view(shape)
+            hi = process.log_betas[t].view(shape)
             frac = ((opt - lo) / (hi - lo)).clamp(0, 1)
-            return torch.cat([eps, (2 * frac - 1).expand_as(eps)], 1)
+            return torch.cat([out, (2 * frac - 1).expand_as(out)], 1)
         return model
 
     def bin_probabilities(self) -> np.ndarray:

@@ -15,7 +15,7 @@ and costs O(d^2) per point (O(d) for a diagonal covariance).  All of it is compu
 responsibilities use logsumexp, so far-away points do not underflow.
 
 ``mixture.model_fn(process)`` returns a ``model_fn(x_t, t, y=None)`` in the process's prediction type
-('eps', 'x0' or 'v').  With ``conditional=True`` the component index is the class label: label k
+('eps', 'x0', 'v' or 'mean').  With ``conditional=True`` the component index is the class label: label k
 gives the exact conditional denoiser of component k, and label K (the null label) or ``y=None``
 gives the unconditional one, exactly like a classifier-free-guidance network.
 """
@@ -141,9 +141,11 @@ class GaussianMixture:
         learned_range, i.e. log-variance halfway between log beta and log beta_tilde).
         """
         abar = process.alphas_cumprod.detach().cpu().double()
+        coef1 = process.posterior_mean_coef1.detach().cpu().double()
+        coef2 = process.posterior_mean_coef2.detach().cpu().double()
         pred = prediction or process.prediction
-        if pred not in ("eps", "x0", "v"):
-            raise ValueError(f"unknown prediction type {pred!r}; valid: eps, x0, v")
+        if pred not in ("eps", "x0", "v", "mean"):
+            raise ValueError(f"unknown prediction type {pred!r}; valid: eps, x0, v, mean")
         mix = self
 
         def fn(x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -158,16 +160,18 @@ class GaussianMixture:
                 ab = float(abar[times[0]])
                 x0 = mix.posterior_mean(x, ab, labels)
                 a, s = math.sqrt(ab), math.sqrt(1.0 - ab)
+                c1, c2 = float(coef1[times[0]]), float(coef2[times[0]])
             else:
                 x0 = torch.empty_like(x)
                 a_all = torch.empty(shape[0], 1, dtype=torch.float64)
+                c1, c2 = coef1[t].unsqueeze(1), coef2[t].unsqueeze(1)
                 for tv in times:
                     idx = (t == tv).nonzero().squeeze(1)
                     x0[idx] = mix.posterior_mean(x[idx], float(abar[tv]), None if labels is None else labels[idx])
                     a_all[idx] = float(abar[tv])
                 a, s = a_all.sqrt(), (1.0 - a_all).sqrt()
             eps = (x - a * x0) / s
-            out = {"eps": eps, "x0": x0, "v": a * eps - s * x0}[pred]
+            out = {"eps": eps, "x0": x0, "v": a * eps - s * x0, "mean": c1 * x0 + c2 * x}[pred]
             out = out.reshape(shape).to(device=x_t.device, dtype=dtype)
             if learned_variance_channels:
                 out = torch.cat([out, torch.zeros_like(out)], dim=1)
