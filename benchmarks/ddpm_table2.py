@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -48,10 +49,13 @@ def cpu_model() -> str:
     return "unknown"
 
 
+THREADS: dict[str, str] = {}  # set from --threads: the children's OpenMP / MKL thread counts
+
+
 def ddpmkit(args: list[str], log) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "ddpmkit", *args]
     print("$ ddpmkit " + " ".join(args), file=log, flush=True)
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, **THREADS})
     log.write(res.stdout + res.stderr)
     log.flush()
     return res
@@ -154,6 +158,8 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "ddpm_table2", help="run directories")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "ddpm_table2.json")
     ap.add_argument("--rows", default=None, help="comma-separated row names (default: all six)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads per ddpmkit process (1 wastes least on an oversubscribed machine)")
     ap.add_argument("--tiny", action="store_true", help="dry run: 3 steps, 20 samples, 8 test images")
     ap.add_argument("--only", choices=["train", "eval"], default=None,
                     help="one stage: 'train' trains the rows in turn; 'eval' evaluates each row once its "
@@ -161,6 +167,8 @@ def main() -> None:
     a = ap.parse_args()
     if a.tiny:
         a.steps, a.n, a.nll_n = 3, 20, 8
+    if a.threads:
+        THREADS.update(OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads))
     wanted = set(a.rows.split(",")) if a.rows else None
     rows = [r for r in ROWS if wanted is None or r[0] in wanted]
     if wanted is not None and len(rows) != len(wanted):
@@ -190,7 +198,7 @@ def main() -> None:
                "config": str(a.config.relative_to(ROOT)) if a.config.is_relative_to(ROOT) else str(a.config),
                "train_steps": a.steps, "timestep_sampler": "uniform", "fid_n": a.n, "fid_sampler": "ddpm, 1000 steps",
                "fid_features": "shipped digits classifier", "nll": "full bound, digits test split",
-               "tiny": a.tiny, "rows": results}
+               "nll_n_requested": a.nll_n, "threads": a.threads, "tiny": a.tiny, "rows": results}
     if not a.tiny and a.only is None:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(payload, indent=2) + "\n")
