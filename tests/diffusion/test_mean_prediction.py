@@ -50,10 +50,10 @@ def test_mean_x0_eps_round_trips_at_every_step(schedule):
     torch.testing.assert_close(pred.eps, eps, rtol=0, atol=1e-9)
     torch.testing.assert_close(pred.mean, mu, rtol=0, atol=1e-12)
     # and the other way: eps -> x0 -> mu -> x0 -> eps
-    x0_e = P.x0_from_eps(xt, eps, proc.extract(proc.sqrt_alphas_cumprod, ALL_T, xt),
-                         proc.extract(proc.sqrt_one_minus_alphas_cumprod, ALL_T, xt))
-    back = P.x0_from_mean(xt, P.mean_from_x0(xt, x0_e, c1, c2), c1, c2)
-    torch.testing.assert_close(proc.eps_from_x0(xt, ALL_T, back), eps, rtol=0, atol=1e-8)
+    alpha = proc.extract(proc.sqrt_alphas_cumprod, ALL_T, xt)
+    sigma = proc.extract(proc.sqrt_one_minus_alphas_cumprod, ALL_T, xt)
+    back = P.x0_from_mean(xt, P.mean_from_x0(xt, P.x0_from_eps(xt, eps, alpha, sigma), c1, c2), c1, c2)
+    torch.testing.assert_close(P.eps_from_x0(xt, back, alpha, sigma), eps, rtol=0, atol=1e-8)
 
 
 @pytest.mark.parametrize("variance", ["fixed_small", "learned"])
