@@ -135,6 +135,26 @@ def eval_row(run_dir: Path, a, log) -> dict:
     return out
 
 
+def report_row(run_dir: Path) -> dict:
+    """What a row's directory holds, without starting anything: a row whose training or evaluation
+    has not finished is marked so."""
+    if not (run_dir / "table2_train.json").exists():
+        return {"status": "not trained" if not run_dir.exists() else "training unfinished"}
+    info = json.loads((run_dir / "table2_train.json").read_text())
+    if info["status"] != "ok":
+        return info
+    for what in ("fid", "nll"):
+        path = run_dir / f"table2_{what}.json"
+        if path.exists():
+            d = json.loads(path.read_text())
+            keys = (("fid", "inception_score", "precision", "recall", "classes_covered", "sampling_seconds", "ref_n")
+                    if what == "fid" else ("n", "total_bpd", "total_bpd_se", "prior_bpd", "kl_bpd", "decoder_bpd"))
+            info.update({k: d.get(k) for k in keys})
+        else:
+            info[f"{what}_missing"] = "not evaluated in the time available"
+    return info
+
+
 def fmt(x, spec: str) -> str:
     return "–" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
 
@@ -161,9 +181,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None,
                     help="threads per ddpmkit process (1 wastes least on an oversubscribed machine)")
     ap.add_argument("--tiny", action="store_true", help="dry run: 3 steps, 20 samples, 8 test images")
-    ap.add_argument("--only", choices=["train", "eval"], default=None,
+    ap.add_argument("--only", choices=["train", "eval", "report"], default=None,
                     help="one stage: 'train' trains the rows in turn; 'eval' evaluates each row once its "
-                         "training has finished (waiting for it), so both can run side by side")
+                         "training has finished (waiting for it), so both can run side by side; 'report' "
+                         "starts nothing and writes the JSON and table from what is there")
     a = ap.parse_args()
     if a.tiny:
         a.steps, a.n, a.nll_n = 3, 20, 8
@@ -179,14 +200,16 @@ def main() -> None:
         for row in rows:
             name = row[0]
             run_dir = (a.runs / name).resolve()
-            if a.only == "eval":
+            if a.only == "report":
+                info = report_row(run_dir)
+            elif a.only == "eval":
                 while not (run_dir / "table2_train.json").exists():
                     time.sleep(20)
                 info = json.loads((run_dir / "table2_train.json").read_text())
             else:
                 print(f"[{time.strftime('%H:%M:%S')}] {name}: training", flush=True)
                 info = train_row(row, run_dir, a, log)
-            if info["status"] == "ok" and a.only != "train":
+            if info["status"] == "ok" and a.only in (None, "eval"):
                 print(f"[{time.strftime('%H:%M:%S')}] {name}: evaluating", flush=True)
                 info = {**info, **eval_row(run_dir, a, log)}
             results.append({"row": name, "prediction": row[1], "loss": row[2], "variance": row[3],
@@ -199,7 +222,7 @@ def main() -> None:
                "train_steps": a.steps, "timestep_sampler": "uniform", "fid_n": a.n, "fid_sampler": "ddpm, 1000 steps",
                "fid_features": "shipped digits classifier", "nll": "full bound, digits test split",
                "nll_n_requested": a.nll_n, "threads": a.threads, "tiny": a.tiny, "rows": results}
-    if not a.tiny and a.only is None:
+    if not a.tiny and a.only in (None, "report"):
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(payload, indent=2) + "\n")
         print(f"wrote {a.json}")
