@@ -120,9 +120,11 @@ def check_config(cfg: Config, world_size: int = 1) -> None:
         section, name = key.split(".")
         rule(key, plain[section][name])
     d, t = cfg.diffusion, cfg.train
-    if d.loss == "hybrid" and d.variance != "learned_range":
+    from .diffusion.parameterization import LEARNED_VARIANCES
+
+    if d.loss == "hybrid" and d.variance not in LEARNED_VARIANCES:
         raise UserError("diffusion.loss = 'hybrid' trains the variance: it needs diffusion.variance = "
-                        "'learned_range'")
+                        + " or ".join(repr(v) for v in LEARNED_VARIANCES))
     if t.batch_size % (world_size * t.grad_accum):
         raise UserError(f"train.batch_size = {t.batch_size} must be divisible by processes x grad_accum "
                         f"= {world_size} x {t.grad_accum} (train.grad_accum)")

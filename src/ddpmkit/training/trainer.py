@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import Checkpoint, clean_checkpoints, list_checkpoints, load_checkpoint, read_state, save_checkpoint
 from ..config import Config, apply_overrides, config_from_dict, dump_toml, load_config
-from ..diffusion.losses import check_loss, training_losses
+from ..diffusion.losses import training_losses
 from ..diffusion.timesteps import make_timestep_sampler
 from ..errors import TrainingDiverged, UserError
 from ..runs import balanced_labels, build_model, build_process, derive_seed, pick_device, resolve_network_config
@@ -119,10 +119,6 @@ class Trainer:
         if cfg.data.class_conditional and not self.data.num_classes:
             raise UserError(f"data.class_conditional = true but {cfg.data.name!r} has no labels")
         self.process = build_process(cfg.diffusion, self.device)
-        try:
-            check_loss(cfg.diffusion.loss, self.process.variance)
-        except ValueError as e:
-            raise UserError(f"[diffusion] {e}") from None
         self.network_config = resolve_network_config(cfg, tuple(self.data.shape), self.data.num_classes)
         self.model = build_model(self.network_config, seed=cfg.run.seed).to(self.device)
         self.ema = EMA(self.model, t.ema_decay, t.ema_warmup)
