@@ -17,13 +17,12 @@ import argparse
 import io
 import json
 import lzma
-import platform
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _machine import cpu_info, cpu_model
 from PIL import Image
 
 from ddpmkit.coding.codec import compress_array, decompress_bytes
@@ -35,15 +34,6 @@ from ddpmkit.runs import load_run, model_fn_of
 
 OUT = Path(__file__).parent / "results" / "codec.json"
 
-
-def cpu_model() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def classic_codecs(pix: np.ndarray) -> dict:
@@ -91,7 +81,7 @@ def main() -> None:
     pix = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
     assert torch.equal(to_model_range(torch.from_numpy(pix)), x)
     dims = pix.size
-    result = {"machine": cpu_model() + " (2 cores, shared by 5 concurrent jobs: seconds are not clean)",
+    result = {"cpu_model": cpu_model(), "cpu": cpu_info(),
               "torch_threads": args.threads, "n_images": args.n, "image_shape": list(pix.shape[1:]),
               "classic": classic_codecs(pix), "ddpm": []}
     for steps in args.steps:
@@ -119,7 +109,7 @@ def main() -> None:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")  # after each row: partial runs keep theirs
 
-    print(f"\n{args.n} Fashion-MNIST test images, {result['machine']}\n")
+    print(f"\n{args.n} Fashion-MNIST test images, {result['cpu_model']}\n")
     print(f"{'codec':<28}{'bits/dim':>10}{'vs bound':>10}{'exact':>8}{'enc s/img':>11}{'dec s/img':>11}")
     for r in result["ddpm"]:
         print(f"{'DDPM bits-back, ' + str(r['steps']) + ' steps':<28}{r['file_bpd']:>10.3f}"

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -41,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from _machine import cpu_info, cpu_model  # noqa: E402
 from _synthetic_folder import make_folder  # noqa: E402
 
 from ddpmkit.data import prepared as P  # noqa: E402
@@ -48,16 +48,6 @@ from ddpmkit.data import prepared as P  # noqa: E402
 BATCH = 64
 TINY = "{ ch = 8, num_res_blocks = 1 }"  # the data, not the model, is measured
 
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def drop_cache(path: Path) -> str:
@@ -188,7 +178,7 @@ def main() -> None:
         return memory_child(args)
 
     root = Path(args.root)
-    results = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
+    results = {"cpu_model": cpu_model(), "cpu": cpu_info(), "cores": os.cpu_count(), "torch": torch.__version__,
                "load_average_start": os.getloadavg(), "batch": BATCH, "cases": []}
     steps_cache: dict[int, list] = {}
     print(f"CPU: {results['cpu']} ({results['cores']} cores), load {os.getloadavg()[0]:.1f}; machine may be shared")

@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from _machine import cpu_model
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # name, prediction, loss, variance, Table 2 label, paper FID, paper IS (None: "–", unstable to train)
@@ -37,16 +39,6 @@ ROWS = [  # run in this order: the rows the paper trained stably first
     ("eps_vlb_learned", "eps", "vlb", "learned", "ε prediction, L, learned diagonal Σ", None, None),
 ]
 
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return "unknown"
 
 
 THREADS: dict[str, str] = {}  # set from --threads: the children's OpenMP / MKL thread counts
