@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from _machine import cpu_model
+from _machine import cpu_info, cpu_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,18 +104,26 @@ def train_row(row, run_dir: Path, a, log) -> dict:
     return info
 
 
-def eval_row(run_dir: Path, a, log) -> dict:
+def clip_args(prediction: str) -> list[str]:
+    """DDPM's sampler clips the predicted x0 for eps models; for mu~ models it uses the network's mean
+    as it is (its code, and improved-diffusion's PREVIOUS_X, clip only the reported x0), so mu~ rows
+    are sampled with --no-clip: ddpmkit's clip would replace mu_theta by the posterior mean at the
+    clipped x0."""
+    return ["--no-clip"] if prediction == "mean" else []
+
+
+def eval_row(run_dir: Path, a, log, prediction: str) -> dict:
     out = {}
     fid_json, nll_json = run_dir / "table2_fid.json", run_dir / "table2_nll.json"
     if not fid_json.exists():
         res = ddpmkit(["eval", "fid", "--checkpoint", str(run_dir), "--sampler", "ddpm", "-n", str(a.n),
-                       "--seed", "0", "--no-progress", "--json", str(fid_json)], log)
+                       *clip_args(prediction), "--seed", "0", "--no-progress", "--json", str(fid_json)], log)
         if res.returncode != 0:
             out["fid_error"] = res.stderr.strip().splitlines()[-1] if res.stderr else f"exit {res.returncode}"
     if fid_json.exists():
         d = json.loads(fid_json.read_text())
         out.update({k: d.get(k) for k in ("fid", "inception_score", "precision", "recall", "classes_covered",
-                                          "sampling_seconds", "ref_n")})
+                                          "sampling_seconds", "ref_n", "clip_x0")})
     if not nll_json.exists():
         res = ddpmkit(["eval", "nll", "--checkpoint", str(run_dir), "-n", str(a.nll_n), "--seed", "0",
                        "--no-progress", "--json", str(nll_json)], log)
@@ -139,7 +147,8 @@ def report_row(run_dir: Path) -> dict:
         path = run_dir / f"table2_{what}.json"
         if path.exists():
             d = json.loads(path.read_text())
-            keys = (("fid", "inception_score", "precision", "recall", "classes_covered", "sampling_seconds", "ref_n")
+            keys = (("fid", "inception_score", "precision", "recall", "classes_covered", "sampling_seconds", "ref_n",
+                     "clip_x0")
                     if what == "fid" else ("n", "total_bpd", "total_bpd_se", "prior_bpd", "kl_bpd", "decoder_bpd"))
             info.update({k: d.get(k) for k in keys})
         else:
@@ -172,6 +181,7 @@ def main() -> None:
     ap.add_argument("--rows", default=None, help="comma-separated row names (default: all six)")
     ap.add_argument("--threads", type=int, default=None,
                     help="threads per ddpmkit process (1 wastes least on an oversubscribed machine)")
+    ap.add_argument("--note", default="", help="what else ran on the machine (recorded in the JSON)")
     ap.add_argument("--tiny", action="store_true", help="dry run: 3 steps, 20 samples, 8 test images")
     ap.add_argument("--only", choices=["train", "eval", "report"], default=None,
                     help="one stage: 'train' trains the rows in turn; 'eval' evaluates each row once its "
@@ -203,15 +213,15 @@ def main() -> None:
                 info = train_row(row, run_dir, a, log)
             if info["status"] == "ok" and a.only in (None, "eval"):
                 print(f"[{time.strftime('%H:%M:%S')}] {name}: evaluating", flush=True)
-                info = {**info, **eval_row(run_dir, a, log)}
+                info = {**info, **eval_row(run_dir, a, log, row[1])}
             results.append({"row": name, "prediction": row[1], "loss": row[2], "variance": row[3],
                             "label": row[4], "paper_fid": row[5], "paper_is": row[6], **info})
             print(f"[{time.strftime('%H:%M:%S')}] {name}: {info['status']} fid={info.get('fid')} "
                   f"nll={info.get('total_bpd')}", flush=True)
-    payload = {"benchmark": "ddpm_table2", "cpu_model": cpu_model(), "torch_threads_note":
-               "2 cores shared by five concurrent jobs; seconds are not clean timings",
+    payload = {"benchmark": "ddpm_table2", "cpu_model": cpu_model(), "cpu": cpu_info(), "load_note": a.note,
                "config": str(a.config.relative_to(ROOT)) if a.config.is_relative_to(ROOT) else str(a.config),
-               "train_steps": a.steps, "timestep_sampler": "uniform", "fid_n": a.n, "fid_sampler": "ddpm, 1000 steps",
+               "train_steps": a.steps, "timestep_sampler": "uniform", "fid_n": a.n,
+               "fid_sampler": "ddpm, 1000 steps; x0 clipped for eps rows, raw mu_theta for mu~ rows",
                "fid_features": "shipped digits classifier", "nll": "full bound, digits test split",
                "nll_n_requested": a.nll_n, "threads": a.threads, "tiny": a.tiny, "rows": results}
     if not a.tiny and a.only in (None, "report"):
