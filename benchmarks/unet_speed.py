@@ -24,12 +24,18 @@ same function as one stride-2 transposed convolution with 2.25x fewer multiply-a
 it really executes are kept as ``executed_gflop_per_img`` ("exec" column). With model FLOPs, fractions of
 different implementations compare as their img/s do (like "model FLOPs utilization").
 
-Rows with ``impl=ours-onednn-wgrad`` run our network with every convolution's weight gradient left to
-oneDNN (``MatmulGradConv2d`` off), rows with ``impl=ours-interp-upsample`` run it with every Upsample
-as interpolation + 3x3 convolution, and ``impl=ours-torch-groupnorm`` with torch's GroupNorm kernel
-everywhere, for A/Bs of those paths in one run. Rows with ``impl=diffusers`` run
-diffusers' ``UNet2DModel`` built from the same architecture (the config our exporter writes), when
-diffusers is installed.
+Rows with ``impl=ours`` run our network with the CPU speed paths this machine keeps
+(``ddpmkit.networks.cpu_fast``; the JSON records which and where the choice came from); ``ours-all``
+and ``ours-none`` with every path on / off, and ``ours-no-PATH`` with one path off, for A/Bs in one run.
+Rows with ``impl=diffusers`` run diffusers' ``UNet2DModel`` built from the same architecture (the config
+our exporter writes), in the same process right after ours (diffusers is installed by ``make setup``).
+``--precision fp32 bf16`` adds rows under ``torch.autocast("cpu", dtype=torch.bfloat16)`` for every impl
+(fp32 weights and AdamW state, the MSE in fp32); their FLOP fractions are still against the fp32 ceiling.
+
+``--profile`` measures, for each case and mode, a whole training step / forward with all paths on against
+the same with one path off (interleaved runs), keeps each path that makes some step at least
+``cpu_fast.MIN_GAIN`` (3 %) faster and none more than 1 % slower, and writes that choice to the per-machine
+cache that ``cpu_fast``'s ``auto`` mode reads (keyed by CPU model and torch version).
 """
 
 from __future__ import annotations
@@ -37,7 +43,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -50,9 +55,10 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from ddpmkit.networks import UNet, maybe_compile, unet_preset  # noqa: E402
+from _machine import cpu_info  # noqa: E402
+
+from ddpmkit.networks import UNet, cpu_fast, maybe_compile, unet_preset  # noqa: E402
 from ddpmkit.networks.convert_diffusers import unet_config_to_diffusers  # noqa: E402
-from ddpmkit.networks.layers import GroupNorm, MatmulGradConv2d, Upsample  # noqa: E402
 
 aten = torch.ops.aten
 
@@ -128,8 +134,11 @@ def paired_runs(fn, repeats: int, warmup: int = 1) -> tuple[list[float], list[fl
 class Case:
     """One model + batch: builds the callables for a training step and an inference forward."""
 
-    def __init__(self, model, cfg, batch: int, seed: int = 0, is_diffusers: bool = False):
+    def __init__(self, model, cfg, batch: int, seed: int = 0, is_diffusers: bool = False,
+                 precision: str = "fp32", paths=None):
         g = torch.Generator().manual_seed(seed)
+        self.precision = precision
+        self.paths = paths  # the cpu_fast paths this case runs with (None: the machine's choice)
         size = cfg.image_size
         self.model = model
         self.is_diffusers = is_diffusers
@@ -139,8 +148,9 @@ class Case:
         self.opt = make_adamw(model)
 
     def forward(self):
-        out = self.model(self.x, self.t)
-        return out.sample if self.is_diffusers else out
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            out = self.model(self.x, self.t)
+        return (out.sample if self.is_diffusers else out).float()
 
     def train_step(self):
         loss = F.mse_loss(self.forward(), self.target)
@@ -154,21 +164,19 @@ class Case:
 
     def run(self, mode: str):
         self.model.train(mode == "train")
-        return self.train_step() if mode == "train" else self.infer()
+        with cpu_fast.paths(self.paths if self.paths is not None else cpu_fast.active()):
+            return self.train_step() if mode == "train" else self.infer()
 
     def flops(self, mode: str, *, model_flops: bool = True) -> int:
         """FLOPs of one run: the model's (every Upsample as interpolation + 3x3 conv), or those executed."""
         self.model.train(mode == "train")
-        saved = set_path(self.model, Upsample, "as_transposed_conv", False) if model_flops else None
-        try:
+        on = self.paths if self.paths is not None else cpu_fast.active()
+        with cpu_fast.paths(set(on) - {"upsample_transposed"} if model_flops else on):
             with FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS) as counter:
                 if mode == "train":
                     F.mse_loss(self.forward(), self.target).backward()
                 else:
                     self.infer()
-        finally:
-            if saved is not None:
-                set_path(self.model, Upsample, "as_transposed_conv", saved)
         self.opt.zero_grad(set_to_none=True)
         return counter.get_total_flops()
 
@@ -181,43 +189,63 @@ def make_adamw(model):
         return torch.optim.AdamW(model.parameters(), lr=1e-4)
 
 
-# impl -> (module class, attribute of the fast path it switches off)
-PATHS_OFF = {
-    "ours-onednn-wgrad": (MatmulGradConv2d, "matmul_weight_grad"),  # weight gradients left to oneDNN
-    "ours-interp-upsample": (Upsample, "as_transposed_conv"),  # Upsample as interpolation + 3x3 conv
-    "ours-torch-groupnorm": (GroupNorm, "channels_last_sums"),  # torch's GroupNorm kernel everywhere
-}
-
-
-def set_path(model, cls, attr: str, on) -> list:
-    """Set ``attr`` of every ``cls`` module of ``model`` to ``on`` (a bool, or one value per module, in
-    ``modules()`` order); returns the previous values in that order."""
-    mods = [m for m in model.modules() if isinstance(m, cls)]
-    values = on if isinstance(on, list) else [on] * len(mods)
-    previous = [getattr(m, attr) for m in mods]
-    for m, v in zip(mods, values, strict=True):
-        setattr(m, attr, v)
-    return previous
+def impl_paths(impl: str):
+    """The cpu_fast paths an ``ours*`` impl runs with (None: the machine's own choice)."""
+    if impl in ("ours", "ours-nchw", "ours+compile", "diffusers"):
+        return None
+    if impl == "ours-all":
+        return frozenset(cpu_fast.PATHS)
+    if impl == "ours-none":
+        return frozenset()
+    if impl.startswith("ours-no-") and impl[len("ours-no-"):] in cpu_fast.PATHS:
+        return frozenset(cpu_fast.PATHS) - {impl[len("ours-no-"):]}
+    raise ValueError(f"unknown impl {impl!r}")
 
 
 def build(impl: str, preset: str):
     cfg = unet_preset(preset)
     torch.manual_seed(0)
-    if impl == "ours":
-        return UNet(cfg), cfg, False
-    if impl == "ours-nchw":
-        cfg = unet_preset(preset, channels_last=False)
-        return UNet(cfg), cfg, False
-    if impl in PATHS_OFF:  # ours with one fast path switched off (A/B)
-        model = UNet(cfg)
-        set_path(model, *PATHS_OFF[impl], False)
-        return model, cfg, False
     if impl == "diffusers":
         from diffusers import UNet2DModel
 
         kwargs = {k: v for k, v in unet_config_to_diffusers(cfg).items() if not k.startswith("_")}
         return UNet2DModel(**kwargs), cfg, True
-    raise ValueError(f"unknown impl {impl!r}")
+    impl_paths(impl)  # an unknown name is an error before any work
+    if impl == "ours-nchw":
+        cfg = unet_preset(preset, channels_last=False)
+    return UNet(cfg), cfg, False
+
+
+def profile(cases, repeats: int) -> dict:
+    """Whole-step A/B of every path (all on vs that one off), interleaved; returns the kept paths and
+    the median ratios (time with the path off / time with all on; > 1 means the path helps)."""
+    ratios: dict = {p: {} for p in cpu_fast.PATHS}
+    for preset, batch, modes in cases:
+        model, cfg, _ = build("ours", preset)
+        case = Case(model, cfg, batch)
+        for mode in modes:
+            variants = [frozenset(cpu_fast.PATHS)] + [frozenset(cpu_fast.PATHS) - {p} for p in cpu_fast.PATHS]
+            secs = [[] for _ in variants]
+            for v in variants:  # warm-up
+                case.paths = v
+                case.run(mode)
+            for _ in range(repeats):
+                for k, v in enumerate(variants):
+                    case.paths = v
+                    start = time.perf_counter()
+                    case.run(mode)
+                    secs[k].append(time.perf_counter() - start)
+            for k, p in enumerate(cpu_fast.PATHS, start=1):
+                r = statistics.median(off / on for off, on in zip(secs[k], secs[0], strict=True))
+                ratios[p][f"{preset} {mode} b{batch}"] = r
+                print(f"  {preset:14} {mode:5} b{batch:<4} without {p:20} {r:6.3f}x the time", flush=True)
+        del case, model
+    kept = [p for p in cpu_fast.PATHS
+            if max(ratios[p].values()) >= 1 + cpu_fast.MIN_GAIN and min(ratios[p].values()) >= 0.99]
+    return {"kept": kept, "ratios": ratios}
+
+
+# ----------------------------------------------------------------------------------------------------
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -233,22 +261,35 @@ def main(argv=None):
         "--impl",
         nargs="*",
         default=None,
-        help="ours ours-nchw ours-onednn-wgrad ours-interp-upsample ours-torch-groupnorm diffusers "
-        "(default: ours diffusers)",
+        help="ours ours-nchw ours-all ours-none " + " ".join(f"ours-no-{p}" for p in cpu_fast.PATHS)
+        + " diffusers (default: ours diffusers)",
     )
+    p.add_argument("--precision", nargs="*", default=["fp32"], choices=["fp32", "bf16"],
+                   help="fp32 and/or bf16 (CPU autocast) rows for every impl (default fp32)")
+    p.add_argument("--profile", action="store_true",
+                   help="measure which CPU speed paths help on this machine and cache the choice for `auto`")
     p.add_argument("--preset", nargs="*", default=None, help="subset of the presets")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "unet_speed.json"))
     args = p.parse_args(argv)
     repeats = 3 if args.quick else args.repeats
     torch.set_num_threads(args.threads)
 
+    cases = [c for c in CASES if not args.preset or c[0] in args.preset]
+    if args.profile:
+        print(f"profiling the CPU speed paths on {cpu_info()['model']} ({cpu_fast.profile_key()}), "
+              f"threads={args.threads}, {repeats} interleaved runs each")
+        found = profile(cases, repeats)
+        path = cpu_fast.save_profile(found["kept"], {"threads": args.threads, "repeats": repeats,
+                                                     "time_off_over_time_all_on": found["ratios"]})
+        print(f"kept: {', '.join(found['kept']) or 'none'}  (written to {path})")
+        out = Path(args.out).with_name("cpu_fast_profile.json")
+        result = dict(torch=torch.__version__, threads=args.threads, repeats=repeats, cpu=cpu_info(),
+                      profile_key=cpu_fast.profile_key(), load_average=load_average(), **found)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out}")
+        return
+
     impls = args.impl or ["ours", "diffusers"]
-    if "diffusers" in impls:
-        try:
-            import diffusers  # noqa: F401
-        except ImportError:
-            print("diffusers not installed: skipping the diffusers comparison rows")
-            impls = [i for i in impls if i != "diffusers"]
     if args.compile:
         impls.append("ours+compile")
 
@@ -262,13 +303,11 @@ def main(argv=None):
     print(f"threads={args.threads} repeats={repeats} matmul ceiling {ceilings[0]:.1f} GFLOP/s (start)")
     print(header)
     print("-" * len(header))
-    for preset, batch, modes in CASES:
-        if args.preset and preset not in args.preset:
-            continue
+    for (preset, batch, modes), precision in ((c, p) for c in cases for p in args.precision):
         for impl in impls:
             base_impl = "ours" if impl == "ours+compile" else impl
             model, cfg, is_diff = build(base_impl, preset)
-            case = Case(model, cfg, batch, is_diffusers=is_diff)
+            case = Case(model, cfg, batch, is_diffusers=is_diff, precision=precision, paths=impl_paths(impl))
             flops = {m: case.flops(m) for m in modes}
             executed = {m: case.flops(m, model_flops=False) for m in modes}
             if impl == "ours+compile":
@@ -289,6 +328,7 @@ def main(argv=None):
                 row = dict(
                     model=preset,
                     impl=impl,
+                    precision=precision,
                     mode=mode,
                     batch=batch,
                     img_per_s=batch / sec,
@@ -303,7 +343,7 @@ def main(argv=None):
                 )
                 rows.append(row)
                 print(
-                    f"{preset:14} {impl:20} {mode:5} {batch:5d} {batch / sec:8.1f} "
+                    f"{preset:14} {impl + ' ' + precision:20} {mode:5} {batch:5d} {batch / sec:8.1f} "
                     f"{row['gflop_per_img']:9.2f} {row['executed_gflop_per_img']:6.2f} {gflops:8.1f} {frac:5.2f}",
                     flush=True,
                 )
@@ -317,8 +357,9 @@ def main(argv=None):
         torch=torch.__version__,
         threads=args.threads,
         repeats=repeats,
-        machine=platform.processor() or platform.machine(),
-        cpu=cpu_name(),
+        cpu=cpu_info(),
+        cpu_fast_paths=sorted(cpu_fast.active()),
+        cpu_fast_source=cpu_fast.source(),
         load_average_start=load_start,
         load_average_end=load_average(),
         matmul_ceiling_gflops=ceiling,
@@ -334,28 +375,18 @@ def main(argv=None):
 def print_table(rows, ceiling):
     print()
     print(
-        "| model | impl | mode | batch | img/s | model GFLOP/img | executed GFLOP/img | model GFLOP/s "
+        "| model | impl | precision | mode | batch | img/s | model GFLOP/img | executed GFLOP/img | model GFLOP/s "
         "| ceiling GFLOP/s | frac of ceiling |"
     )
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
-            f"| {r['model']} | {r['impl']} | {r['mode']} | {r['batch']} | {r['img_per_s']:.1f} | "
+            f"| {r['model']} | {r['impl']} | {r['precision']} | {r['mode']} | {r['batch']} | {r['img_per_s']:.1f} | "
             f"{r['gflop_per_img']:.2f} | {r['executed_gflop_per_img']:.2f} | {r['gflop_per_s']:.1f} | "
             f"{r['ceiling_gflop_per_s']:.1f} | "
             f"{r['frac_of_ceiling']:.2f} |"
         )
     print(f"\nfp32 matmul ceiling (median over the run): {ceiling:.1f} GFLOP/s")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

@@ -31,3 +31,9 @@ def sampler_options(args) -> dict:
     """The sampler's own options given on the command line (``--eta``); a sampler that does not take
     one given here reports an error instead of ignoring it."""
     return {} if args.eta is None else {"eta": args.eta}
+
+
+# precisions of the network's forward (networks/precision.py): here so that the CLIs' --help needs no torch
+PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISION_HELP = ("network precision while sampling: fp32 (default), bf16 (autocast on CUDA or a CPU with native "
+                  "bf16, AVX512_BF16 or AMX; elsewhere fp32, said in one line) or fp16 (CUDA only)")

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .argtypes import int_list, positive_int, sampler_options
+from .argtypes import PRECISION_HELP, PRECISIONS, int_list, positive_int, sampler_options
 from .errors import TrainingDiverged, UserError
 
 EPILOG = "Run `ddpmkit COMMAND --help` for the options of each command."
@@ -58,7 +58,7 @@ def cmd_sample(args) -> int:
     x = generate(run.model, run.process, args.n, run.item_shape, sampler=args.sampler, steps=steps,
                  seed=args.seed, y=args.class_label, guidance=args.guidance, clip_x0=False if args.no_clip else None,
                  spacing=args.spacing, batch_size=args.batch_size, callback=recorder,
-                 progress=not args.no_progress, **sampler_options(args))
+                 progress=not args.no_progress, precision=args.precision, **sampler_options(args))
     out = Path(args.out)
     _write_samples(x, "image" if run.is_image else "points", out)
     print(f"wrote {out} ({args.n} samples, sampler {args.sampler}, steps {steps})")
@@ -296,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-clip", action="store_true",
                    help="do not clip the predicted x0 to [-1, 1] (points are never clipped)")
     s.add_argument("--device", default="auto", help="auto (CUDA when available, default), cpu or cuda[:N]")
+    s.add_argument("--precision", choices=list(PRECISIONS), default="fp32", help=PRECISION_HELP)
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_sample)
 

@@ -69,7 +69,7 @@ class TrainSection:
     grad_clip: float = 1.0          # 0 = no clipping
     ema_decay: float = 0.9999
     ema_warmup: bool = True         # decay min(ema_decay, (1 + n) / (10 + n))
-    precision: str = "fp32"         # fp32 | bf16 | fp16 (autocast on CUDA only)
+    precision: str = "fp32"         # fp32 | bf16 (CUDA, or a CPU with native bf16) | fp16 (CUDA)
     cond_drop_prob: float = 0.1     # label dropout for classifier-free guidance
     log_every: int = 50
     sample_every: int = 0           # 0 = only at the end

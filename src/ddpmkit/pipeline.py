@@ -85,7 +85,7 @@ class Pipeline:
     def __call__(self, n: int, *, sampler: str | None = None, steps: int | None = None,
                  generator: torch.Generator | None = None, seed: int = 0, y=None, guidance: float | None = None,
                  clip_x0: bool | None = None, spacing: str | None = None, output: str = "tensor",
-                 batch_size: int = 256, progress: bool = False,
+                 batch_size: int = 256, progress: bool = False, precision: str = "fp32",
                  **options) -> torch.Tensor:
         """``n`` samples, (n, C, H, W) images or (n, dim) points: float in [-1, 1] (``output="tensor"``)
         or uint8 pixels (``output="uint8"``, images only).  ``generator`` draws x_T and then the
@@ -98,7 +98,7 @@ class Pipeline:
         x = generate(self.network, self.process, n, self.item_shape, sampler=sampler or self.sampler,
                      steps=steps if steps is not None else self.steps, seed=seed, generator=generator, y=y,
                      guidance=guidance, clip_x0=clip_x0, spacing=spacing, batch_size=batch_size, progress=progress,
-                     **options)
+                     precision=precision, **options)
         return to_uint8(x) if output == "uint8" else x
 
     # --- writing -----------------------------------------------------------------------------

@@ -6,6 +6,7 @@ Shared by the trainer (which builds from a config) and the CLI's ``sample`` / ``
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from .diffusion.parameterization import LEARNED_VARIANCES
 from .errors import UserError
 from .networks.factory import build_network, config_to_dict, network_config
 from .networks.factory import config_from_dict as network_from_dict
+from .networks.precision import autocast_dtype, with_autocast
 from .samplers import default_steps, sample, sampling_process
 
 
@@ -213,7 +215,7 @@ def generate(model: nn.Module, process: GaussianDiffusion, n: int, item_shape: t
              generator: torch.Generator | None = None,
              y: int | torch.Tensor | None = None, guidance: float | None = None, clip_x0: bool | None = None,
              spacing: str | None = None, batch_size: int = 256, callback=None, progress: bool = False,
-             device: str | torch.device | None = None, **options) -> torch.Tensor:
+             device: str | torch.device | None = None, precision: str = "fp32", **options) -> torch.Tensor:
     """``n`` samples in model range.  The initial noise is drawn for all n at once from one generator
     seeded by ``seed``, so the batch size changes nothing for deterministic samplers (ancestral
     samplers draw per-batch noise from a generator seeded by (seed, batch start)).  The noise does
@@ -223,7 +225,9 @@ def generate(model: nn.Module, process: GaussianDiffusion, n: int, item_shape: t
     ``callback(step, t, x_t, x0_pred)`` is passed to the sampler for every batch.
     ``generator`` (instead of ``seed``) draws x_T and then every batch's noise, in that order.
     ``clip_x0`` None is :func:`default_clip_x0` (images yes, points no); ``device`` None is the
-    model's.  The model runs in eval mode (its mode is restored afterwards)."""
+    model's.  The model runs in eval mode (its mode is restored afterwards).  ``precision`` "bf16"
+    (CUDA, or a CPU with native bf16) / "fp16" (CUDA) runs the network under autocast; the sampler's
+    arithmetic stays fp32 / float64; where it does not apply, one logged line says it ran in fp32."""
     if steps is None:
         steps = default_steps(sampler, process.num_timesteps)
     if clip_x0 is None:
@@ -232,7 +236,10 @@ def generate(model: nn.Module, process: GaussianDiffusion, n: int, item_shape: t
         device = next(iter(model.parameters()), torch.empty(0)).device
     g = generator if generator is not None else torch.Generator().manual_seed(seed)
     x_T = torch.randn((n, *item_shape), generator=g)
-    model_fn = model_fn_of(model)
+    amp_dtype, fallback = autocast_dtype(precision, device)
+    if fallback is not None:
+        logging.getLogger("ddpmkit").info(fallback)
+    model_fn = with_autocast(model_fn_of(model), device, amp_dtype)
     if guidance is not None and model_fn.num_classes is None:
         raise UserError("--guidance needs a class-conditional model; this one is unconditional")
     labels = None if y is None else torch.as_tensor(y).reshape(-1).long()

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ddpmkit.networks import layers
+from ddpmkit.networks import cpu_fast, layers
 from ddpmkit.networks.layers import (
     AttentionBlock,
     Downsample,
@@ -21,6 +21,13 @@ from ddpmkit.networks.layers import (
     nearest_upsample_conv_kernel,
     timestep_embedding,
 )
+
+
+@pytest.fixture(autouse=True)
+def _all_cpu_paths():
+    """Every CPU speed path on, whatever this machine's profile keeps: each is checked against the plain op."""
+    with cpu_fast.paths("all"):
+        yield
 
 
 def _randomize(module, seed=0):
@@ -184,26 +191,27 @@ def test_nearest_upsample_conv_passes_gradcheck():
     assert torch.autograd.gradcheck(nearest_upsample_conv, (x, w, b))
 
 
-def test_upsample_takes_the_transposed_path_from_min_pixels(monkeypatch):
-    """Both paths compute nearest-then-conv; the transposed one is taken from MIN_PIXELS (batch x height
-    x width) up, never with as_transposed_conv=False; parameters are the 3x3 conv's either way."""
+def test_upsample_takes_the_transposed_path_from_min_hw(monkeypatch):
+    """Both paths compute nearest-then-conv; the transposed one is taken from MIN_HW pixels a sample up,
+    at any batch size, never with the path switched off; parameters are the 3x3 conv's either way."""
     calls = []
     real = layers.nearest_upsample_conv
     monkeypatch.setattr(layers, "nearest_upsample_conv", lambda *a: calls.append(1) or real(*a))
     up = _randomize(Upsample(4))
     assert [k for k, _ in up.named_parameters()] == ["conv.weight", "conv.bias"]
-    small = torch.randn(1, 4, 3, 3)  # 9 pixels
-    large = torch.randn(4, 4, 8, 8)  # 256 pixels = MIN_PIXELS
-    assert Upsample.MIN_PIXELS == 256
-    for x, transposed in ((small, False), (large, True)):
+    assert Upsample.MIN_HW == 32
+    cases = [(torch.randn(1, 4, 3, 3), False), (torch.randn(64, 4, 4, 4), False),  # 16 pixels, any batch
+             (torch.randn(1, 4, 8, 4), True), (torch.randn(5, 4, 8, 8), True)]
+    for x, transposed in cases:
         calls.clear()
         want = _nearest_then_conv(x, up.conv.weight, up.conv.bias)
         torch.testing.assert_close(up(x), want, rtol=1e-5, atol=1e-5)
-        assert calls == ([1] if transposed else [])
-    up.as_transposed_conv = False
-    calls.clear()
-    torch.testing.assert_close(up(large), _nearest_then_conv(large, up.conv.weight, up.conv.bias))
-    assert calls == []
+        assert calls == ([1] if transposed else []), x.shape
+    large = cases[-1][0]
+    with cpu_fast.paths("none"):
+        calls.clear()
+        torch.testing.assert_close(up(large), _nearest_then_conv(large, up.conv.weight, up.conv.bias))
+        assert calls == []
 
 
 @pytest.mark.parametrize("p", [0.1, 0.3, 0.5])
@@ -390,7 +398,8 @@ def test_channels_last_group_norm_passes_gradcheck():
 
 def test_group_norm_fast_path_selection(monkeypatch):
     """The sums path is taken only for affine, narrow (<= MAX_CHANNELS), group size not a multiple of 8,
-    large enough (>= MIN_POSITIONS), float32/64 channels_last CPU inputs; the result is torch's either way."""
+    large enough (>= MIN_HW pixels a sample, any batch), float32/64 channels_last CPU inputs; the result
+    is torch's either way."""
     calls = []
     real = _GroupNormChannelsLast.apply
     monkeypatch.setattr(_GroupNormChannelsLast, "apply", lambda *a: calls.append(1) or real(*a))
@@ -403,11 +412,12 @@ def test_group_norm_fast_path_selection(monkeypatch):
         (GroupNorm(32, 128), torch.randn(8, 128, 28, 28).to(memory_format=cl), False),  # wider than MAX_CHANNELS
         (GroupNorm(8, 32, affine=False), big, False),
         (GroupNorm(8, 32), big.contiguous(), False),  # NCHW
-        (GroupNorm(8, 32), torch.randn(4, 32, 8, 8).to(memory_format=cl), False),  # 256 positions
+        (GroupNorm(8, 32), torch.randn(64, 32, 8, 8).to(memory_format=cl), False),  # 64 pixels a sample
+        (GroupNorm(8, 32), torch.randn(1, 32, 28, 28).to(memory_format=cl), True),  # batch 1 as batch 8
         (GroupNorm(8, 32).double(), big.double(), True),
         (GroupNorm(8, 32).half(), big.half(), False),
     ]
-    assert GroupNorm.MAX_CHANNELS == 96 and GroupNorm.MIN_POSITIONS <= 6272
+    assert GroupNorm.MAX_CHANNELS == 96 and GroupNorm.MIN_HW == 28 * 28
     for norm, x, fast in cases:
         if norm.affine:
             _randomize(norm)

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..argtypes import positive_int, sampler_options
+from ..argtypes import PRECISION_HELP, PRECISIONS, positive_int, sampler_options
 from ..errors import UserError
 
 
@@ -135,7 +135,7 @@ def cmd_fid(args) -> int:
     x, seconds = generate_for_fid(run, args.n, sampler=args.sampler, steps=steps, seed=args.seed,
                                   guidance=args.guidance, clip_x0=not args.no_clip, spacing=args.spacing,
                                   batch_size=args.batch_size, progress=not args.no_progress, device=args.device,
-                                  **sampler_options(args))
+                                  precision=args.precision, **sampler_options(args))
     if args.save_samples:
         from .. import viz
 
@@ -252,6 +252,7 @@ def add_eval_parser(sub) -> None:
     f.add_argument("--spacing", choices=list(SPACINGS), default=None,
                    help="time steps a sampler visits (default: the sampler's own, uniform for ddpm/ddim)")
     f.add_argument("--no-clip", action="store_true", help="do not clip the predicted x0 to [-1, 1]")
+    f.add_argument("--precision", choices=list(PRECISIONS), default="fp32", help=PRECISION_HELP)
     f.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
     f.add_argument("-n", type=int, default=10000, help="generated samples (default 10000)")
     f.add_argument("--seed", type=int, default=0, help="sampling seed")

@@ -22,6 +22,10 @@ Paper mapping (Ho et al. 2020, Appendix B; Nichol & Dhariwal 2021, Section 3/App
 
 Every block accepts NCHW tensors in either contiguous or ``channels_last`` memory format and keeps the
 format it was given (the U-Net runs internally in channels_last on CPU where that is faster).
+
+The four CPU speed paths (Dropout, GroupNorm, MatmulGradConv2d, Upsample) are switched and gated in
+one place, :mod:`ddpmkit.networks.cpu_fast`: each layer asks ``cpu_fast.use(path, x)`` and adds only
+a rule on one sample's shape, so the choice never depends on the batch size.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import cpu_fast
 
 __all__ = [
     "Dropout",
@@ -115,7 +121,8 @@ DROPOUT_BITS = 15  # random_() on int32 fills 31 uniform bits: each 16-bit half 
 class Dropout(nn.Module):
     """Inverted dropout: zero each element with probability ``p``, scale the kept ones to keep the mean.
 
-    On CUDA (and any non-CPU device) this is ``F.dropout``.  On CPU the mask is drawn from 15-bit uniform
+    Where the ``dropout_bits`` CPU path is off or does not apply (CUDA, autocast, ``torch.compile``)
+    this is ``F.dropout``.  On that path the mask is drawn from 15-bit uniform
     integers, two per 32-bit random word, which is about 2x faster there than ``F.dropout`` (forward
     and backward): an element is dropped when its integer is below ``round(p * 2**15)``, so the drop
     probability is that count over ``2**15`` (within 1.6e-5 of ``p``; :attr:`effective_p`), and kept
@@ -135,10 +142,13 @@ class Dropout(nn.Module):
     def extra_repr(self) -> str:
         return f"p={self.p}"
 
+    def _fast_path(self, x: torch.Tensor) -> bool:
+        return cpu_fast.use("dropout_bits", x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        if x.device.type != "cpu":
+        if not self._fast_path(x):
             return F.dropout(x, self.p, training=True)
         n = x.numel()
         words = torch.empty((n + 1) // 2, dtype=torch.int32).random_()
@@ -178,16 +188,6 @@ def conv3x3_weight_grad(grad_out: torch.Tensor, x: torch.Tensor) -> tuple[torch.
     return prod.view(3, 3, c_in, c_out).permute(3, 2, 0, 1), g.sum(0)
 
 
-def _eager_cpu_4d(x: torch.Tensor) -> bool:
-    """What every CPU fast path here needs: a 4-D CPU tensor, no autocast, not inside torch.compile."""
-    return (
-        x.device.type == "cpu"
-        and x.ndim == 4
-        and not torch.is_autocast_enabled("cpu")
-        and not torch.compiler.is_compiling()
-    )
-
-
 class _Conv3x3MatmulGrad(torch.autograd.Function):
     """``F.conv2d(x, w, b, padding=1)`` with oneDNN's input gradient and :func:`conv3x3_weight_grad`."""
 
@@ -224,7 +224,8 @@ class MatmulGradConv2d(nn.Conv2d):
     channels, a float32 CPU forward with gradients enabled therefore goes through an autograd function
     whose backward keeps oneDNN's input gradient and computes the weight gradient with
     :func:`conv3x3_weight_grad` (1.15-1.45x faster on the CIFAR-10 U-Net's shapes; no faster at 64
-    channels and slower at 32, hence the threshold).  Everything else - inference, CUDA, other dtypes, autocast,
+    channels and slower at 32, hence the threshold), when the ``conv_weight_grad`` path is on.
+    Everything else - inference, CUDA, other dtypes, autocast,
     ``torch.compile`` - is plain ``nn.Conv2d``.  The backward is not differentiable again (no double
     backward through the fast path).
     """
@@ -248,8 +249,9 @@ class MatmulGradConv2d(nn.Conv2d):
             self.matmul_weight_grad
             and torch.is_grad_enabled()
             and self.weight.requires_grad
+            and x.ndim == 4
             and x.dtype == self.weight.dtype == torch.float32
-            and _eager_cpu_4d(x)
+            and cpu_fast.use("conv_weight_grad", x)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -317,16 +319,19 @@ class GroupNorm(nn.GroupNorm):
     channel count is not a multiple of 8 on narrow layers (measured here at 32 channels in 8 groups, 28x28:
     forward 3-6 ms against 0.7 ms NCHW, backward alike), and converting to NCHW and back costs more than
     it saves.  For affine GroupNorms with at most :attr:`MAX_CHANNELS` channels and a group size that is
-    not a multiple of 8, float32/float64 channels_last CPU inputs with at least :attr:`MIN_POSITIONS`
-    positions (batch x height x width) therefore go through :class:`_GroupNormChannelsLast` (1.2-2.9x
+    not a multiple of 8, float32/float64 channels_last CPU inputs of at least :attr:`MIN_HW` pixels a
+    sample go through :class:`_GroupNormChannelsLast` when the ``groupnorm_sums`` path is on (1.2-2.9x
     faster forward + backward at those shapes; 0.3-0.7x at 8 or 16 channels a group, and slower below
-    about 5000 positions, where its dozen small ops cost more than the kernel saves - hence the rule).
+    about 5000 positions in a batch, where its dozen small ops cost more than the kernel saves - hence
+    the rule, stated per sample so that it cannot depend on the batch size).
     Everything else - NCHW, CUDA, autocast, ``torch.compile`` - is plain ``nn.GroupNorm``.  The fast
     backward is not differentiable again.
     """
 
     MAX_CHANNELS = 96
-    MIN_POSITIONS = 6000  # measured crossover: 0.94x at 4096 positions, 1.2-1.3x at 6272
+    # per sample (height x width), so the choice never depends on the batch size; measured on a whole
+    # batch: 0.94x at 4096 positions, 1.2-1.3x at 6272 (28x28 at batch 8)
+    MIN_HW = 28 * 28
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -338,8 +343,9 @@ class GroupNorm(nn.GroupNorm):
             self.channels_last_sums
             and x.dtype in (torch.float32, torch.float64)
             and x.dtype == self.weight.dtype
-            and _eager_cpu_4d(x)
-            and x.numel() // x.shape[1] >= self.MIN_POSITIONS
+            and x.ndim == 4
+            and x.shape[2] * x.shape[3] >= self.MIN_HW
+            and cpu_fast.use("groupnorm_sums", x)
             and x.is_contiguous(memory_format=torch.channels_last)
             and not x.is_contiguous()
         )
@@ -491,21 +497,23 @@ class Upsample(nn.Module):
     """Double the resolution: nearest-neighbour interpolation, then a 3x3 convolution.
 
     The parameters are those of the 3x3 convolution (``conv.weight``, ``conv.bias``), as in the papers'
-    code and diffusers.  When the input has at least :attr:`MIN_PIXELS` pixels (batch x height x width),
-    the forward pass is :func:`nearest_upsample_conv`, the same function as one transposed convolution
-    with 2.25x fewer multiply-adds (about 2x faster on CPU for the U-Nets' shapes, forward and backward);
-    below that, oneDNN's transposed convolution is slower than the two plain steps, which are used instead.
-    ``as_transposed_conv = False`` always takes the plain steps.
+    code and diffusers.  With the ``upsample_transposed`` CPU path on and at least :attr:`MIN_HW` pixels
+    a sample, the forward pass is :func:`nearest_upsample_conv`, the same function as one transposed
+    convolution with 2.25x fewer multiply-adds (about 2x faster on CPU for the U-Nets' shapes, forward
+    and backward); below that, oneDNN's transposed convolution is slower than the two plain steps, which
+    are used instead, as they are on CUDA, under autocast and inside ``torch.compile``.
     """
 
-    MIN_PIXELS = 256
+    MIN_HW = 32  # per sample: the CIFAR-10 U-Net's 4x4 level takes the plain steps, 8x8 and up this one
 
     def __init__(self, ch: int):
         super().__init__()
         self.conv = MatmulGradConv2d(ch, ch, 3, padding=1)
-        self.as_transposed_conv = True
+
+    def _fast_path(self, x: torch.Tensor) -> bool:
+        return x.ndim == 4 and x.shape[2] * x.shape[3] >= self.MIN_HW and cpu_fast.use("upsample_transposed", x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.as_transposed_conv and x.ndim == 4 and x.numel() // x.shape[1] >= self.MIN_PIXELS:
+        if self._fast_path(x):
             return nearest_upsample_conv(x, self.conv.weight, self.conv.bias)
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))

@@ -29,6 +29,7 @@ from ..config import Config, apply_overrides, config_from_dict, dump_toml, load_
 from ..diffusion.losses import training_losses
 from ..diffusion.timesteps import make_timestep_sampler
 from ..errors import TrainingDiverged, UserError
+from ..networks.precision import autocast_dtype, with_autocast
 from ..runs import balanced_labels, build_model, build_process, derive_seed, pick_device, resolve_network_config
 from ..validate import check_config, create_output_dir, resume_changes
 from . import distributed as D
@@ -145,11 +146,14 @@ class Trainer:
         if self.dist.enabled:
             self.ddp = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        # fp16 autocast needs loss scaling against gradient underflow; bf16 and fp32 do not.
+        # The network's forward runs under autocast (bf16 on CUDA or a CPU with native bf16, fp16 on
+        # CUDA); weights, AdamW state and the loss stay fp32.  fp16 needs loss scaling against gradient
+        # underflow; bf16 and fp32 do not.
+        self.amp_dtype, fallback = autocast_dtype(t.precision, self.device)
+        if fallback is not None and self.dist.is_main:
+            self.log_fn(f"train.{fallback}")
         self.scaler = None
-        if self.device.type != "cuda" and t.precision != "fp32" and self.dist.is_main:
-            self.log_fn(f"train.precision = {t.precision!r} applies on CUDA only; training in fp32 on {self.device}")
-        if self.device.type == "cuda" and t.precision == "fp16":
+        if self.amp_dtype == torch.float16:
             self.scaler = torch.amp.GradScaler("cuda")
         self.writer = None
         self._stop_requested = False
@@ -251,12 +255,6 @@ class Trainer:
         n = x.shape[0] // self.dist.world_size
         return x[self.dist.rank * n:(self.dist.rank + 1) * n]
 
-    def _autocast(self):
-        p = self.cfg.train.precision
-        if self.device.type != "cuda" or p == "fp32":
-            return nullcontext()
-        return torch.autocast("cuda", dtype=torch.bfloat16 if p == "bf16" else torch.float16)
-
     def train_step(self) -> dict:
         cfg, step = self.cfg, self.step
         t, w, noise, flip, drop = (self._local(v) for v in self._global_batch(step))
@@ -271,7 +269,7 @@ class Trainer:
         x0, t, w, noise = (v.to(self.device) for v in (x0, t, w, noise))
         y = y.to(self.device) if y is not None else None
         torch.manual_seed(step_seed(cfg.run.seed, step, 3 + self.dist.rank))  # dropout masks
-        model_fn = self.ddp or self.model
+        model_fn = with_autocast(self.ddp or self.model, self.device, self.amp_dtype)
         local = x0.shape[0]
         micro = local // cfg.train.grad_accum
         for group in self.optimizer.param_groups:
@@ -280,7 +278,7 @@ class Trainer:
         for k in range(cfg.train.grad_accum):
             sl = slice(k * micro, (k + 1) * micro)
             sync = self.ddp is None or k == cfg.train.grad_accum - 1
-            with (nullcontext() if sync else self.ddp.no_sync()), self._autocast():
+            with nullcontext() if sync else self.ddp.no_sync():
                 terms = training_losses(self.process, model_fn, x0[sl], t[sl], loss_type=cfg.diffusion.loss,
                                         noise=noise[sl], model_kwargs={"y": y[sl]} if y is not None else None)
                 loss = (terms["loss"].float() * w[sl]).sum() / local

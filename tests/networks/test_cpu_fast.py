@@ -1,0 +1,117 @@
+"""The one door to the CPU speed paths: the switch, its precedence, the profile, and the one gate
+(eager CPU only) for every path, with decisions that never depend on the batch size."""
+
+import pytest
+import torch
+
+from ddpmkit.errors import UserError
+from ddpmkit.networks import cpu_fast
+from ddpmkit.networks.layers import Dropout, GroupNorm, MatmulGradConv2d, Upsample
+
+
+@pytest.fixture(autouse=True)
+def _auto(monkeypatch, tmp_path):
+    """No environment choice and an empty cache dir: `auto` means the defaults unless a test says more."""
+    monkeypatch.delenv(cpu_fast.ENV, raising=False)
+    monkeypatch.setenv("DDPMKIT_CACHE_DIR", str(tmp_path))
+    for f in (cpu_fast._from_env, cpu_fast._profiled):
+        f.cache_clear()
+    with cpu_fast.paths(None):
+        yield
+    for f in (cpu_fast._from_env, cpu_fast._profiled):
+        f.cache_clear()
+
+
+def test_specs():
+    assert cpu_fast.parse_spec("auto") is None and cpu_fast.parse_spec("") is None
+    assert cpu_fast.parse_spec("all") == frozenset(cpu_fast.PATHS)
+    assert cpu_fast.parse_spec("none") == frozenset() == cpu_fast.parse_spec("0")
+    assert cpu_fast.parse_spec(" groupnorm_sums, dropout_bits ") == {"groupnorm_sums", "dropout_bits"}
+    with pytest.raises(UserError, match="unknown CPU path convv.*known: conv_weight_grad"):
+        cpu_fast.parse_spec("convv")
+    with pytest.raises(UserError):
+        cpu_fast.set_paths({"nope"})
+    with pytest.raises(KeyError):
+        cpu_fast.enabled("nope")
+    assert cpu_fast.DEFAULT_PATHS <= set(cpu_fast.PATHS)
+
+
+def test_precedence_override_then_env_then_profile_then_defaults(monkeypatch):
+    assert cpu_fast.active() == cpu_fast.DEFAULT_PATHS and cpu_fast.source() == "defaults"
+    path = cpu_fast.save_profile(["groupnorm_sums"], {"note": "test"})
+    assert path.parent == cpu_fast.profile_path().parent and path.is_file()
+    assert cpu_fast.active() == {"groupnorm_sums"} and cpu_fast.source().startswith("profile")
+    monkeypatch.setenv(cpu_fast.ENV, "dropout_bits")
+    cpu_fast._from_env.cache_clear()
+    assert cpu_fast.active() == {"dropout_bits"} and cpu_fast.source() == cpu_fast.ENV
+    with cpu_fast.paths("none"):
+        assert cpu_fast.active() == frozenset() and not cpu_fast.enabled("dropout_bits")
+        with cpu_fast.paths({"conv_weight_grad"}):
+            assert cpu_fast.active() == {"conv_weight_grad"}
+        assert cpu_fast.active() == frozenset()
+    assert cpu_fast.active() == {"dropout_bits"}  # restored
+
+
+def test_a_profile_for_another_cpu_or_torch_is_ignored(monkeypatch):
+    cpu_fast.save_profile(["dropout_bits"], {})
+    monkeypatch.setattr(cpu_fast, "profile_key", lambda: "OtherVendor-1-2 torch-0.0")
+    cpu_fast._profiled.cache_clear()
+    assert cpu_fast.active() == cpu_fast.DEFAULT_PATHS
+    cpu_fast.profile_path().write_text("not json")
+    cpu_fast._profiled.cache_clear()
+    assert cpu_fast.active() == cpu_fast.DEFAULT_PATHS  # a broken cache file is no choice, not an error
+
+
+def _cases():
+    """(path, layer, input that takes the path when it is on)."""
+    cl = torch.channels_last
+    conv = MatmulGradConv2d(128, 128, 3, padding=1)
+    norm = GroupNorm(8, 32)
+    return [
+        ("conv_weight_grad", conv, torch.randn(2, 128, 4, 4)),
+        ("groupnorm_sums", norm, torch.randn(2, 32, 28, 28).to(memory_format=cl)),
+        ("dropout_bits", Dropout(0.1), torch.randn(2, 8, 6, 6)),
+        ("upsample_transposed", Upsample(4), torch.randn(2, 4, 8, 8)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_the_one_gate_for_every_path(case, monkeypatch):
+    name, layer, x = _cases()[case]
+    with cpu_fast.paths("all"):
+        assert layer._fast_path(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast: the plain op
+            assert not layer._fast_path(x)
+        assert not layer._fast_path(x.to("meta"))  # any other device (CUDA included): the plain op
+        with monkeypatch.context() as m:
+            m.setattr(torch.compiler, "is_compiling", lambda: True)
+            assert not layer._fast_path(x)
+    with cpu_fast.paths(set(cpu_fast.PATHS) - {name}):  # its own switch, and only its own
+        assert not layer._fast_path(x)
+    with cpu_fast.paths({name}):
+        assert layer._fast_path(x)
+
+
+def test_dtype_and_layout_rules():
+    with cpu_fast.paths("all"):
+        conv = MatmulGradConv2d(128, 128, 3, padding=1)
+        assert not conv._fast_path(torch.randn(2, 128, 4, 4, dtype=torch.bfloat16))
+        assert not conv.double()._fast_path(torch.randn(2, 128, 4, 4, dtype=torch.float64))
+        norm = GroupNorm(8, 32)
+        x = torch.randn(2, 32, 28, 28)
+        assert not norm._fast_path(x)  # NCHW: torch's kernel is fast there
+        assert norm._fast_path(x.to(memory_format=torch.channels_last))
+        assert not norm.bfloat16()._fast_path(x.to(torch.bfloat16, memory_format=torch.channels_last))
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_decisions_do_not_depend_on_the_batch_size(case):
+    name, layer, x = _cases()[case]
+    shapes = [(8, 8), (4, 4), (28, 28), (7, 7), (14, 14), (3, 5), (16, 16)]
+    with cpu_fast.paths("all"):
+        for h, w in shapes:
+            per_batch = set()
+            for b in (1, 2, 7, 64):
+                xb = torch.randn(b, x.shape[1], h, w).to(memory_format=torch.channels_last)
+                per_batch.add(layer._fast_path(xb))
+            assert len(per_batch) == 1, (name, h, w)

@@ -1,0 +1,97 @@
+"""Mixed precision: the autocast dtype per device and request, the fp32 fallback line, bf16 training
+on CPU (fp32 weights, bit-exact resume) and bf16 sampling."""
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddpmkit.checkpoint import load_checkpoint
+from ddpmkit.config import load_config
+from ddpmkit.networks import precision as P
+from ddpmkit.runs import generate, load_run
+from ddpmkit.testing.tiny import TINY_UNET, tiny_overrides
+from ddpmkit.training.trainer import train
+
+ROOT = Path(__file__).resolve().parents[2]
+needs_bf16 = pytest.mark.skipif(not P.cpu_has_native_bf16(),
+                                reason="this CPU has no native bf16 (AVX512_BF16 or AMX): bf16 falls back to fp32")
+
+
+def test_autocast_dtype_per_device(monkeypatch):
+    assert P.autocast_dtype("fp32", "cpu") == (None, None)
+    monkeypatch.setattr(P, "cpu_has_native_bf16", lambda: True)
+    assert P.autocast_dtype("bf16", "cpu") == (torch.bfloat16, None)
+    monkeypatch.setattr(P, "cpu_has_native_bf16", lambda: False)
+    dtype, line = P.autocast_dtype("bf16", "cpu")
+    assert dtype is None and "no native bf16" in line and "running in fp32" in line
+    dtype, line = P.autocast_dtype("fp16", "cpu")
+    assert dtype is None and "CUDA only" in line
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert P.autocast_dtype("bf16", "cuda") == (torch.bfloat16, None)
+    assert P.autocast_dtype("fp16", "cuda:1") == (torch.float16, None)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        P.autocast_dtype("int8", "cpu")
+
+
+def test_with_autocast_casts_the_output_back_and_keeps_num_classes():
+    lin = torch.nn.Linear(4, 4)
+
+    def fn(x):
+        return lin(x)
+    fn.num_classes = 3
+    assert P.with_autocast(fn, "cpu", None) is fn
+    wrapped = P.with_autocast(fn, "cpu", torch.bfloat16)
+    x = torch.randn(2, 4)
+    out = wrapped(x)
+    assert out.dtype == torch.float32 and wrapped.num_classes == 3
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = lin(x).float()  # the same bf16 computation
+    assert torch.equal(out, want)
+    assert not torch.equal(out, lin(x))  # it did run in bf16
+
+
+def _sets(out, steps, precision):
+    return tiny_overrides(out, steps, **{"train.precision": precision, "data.flip": "true",
+                                         "model.options": TINY_UNET[:-1] + ", dropout = 0.2 }"})
+
+
+def test_bf16_request_without_native_bf16_says_so_and_trains_in_fp32(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(P, "cpu_has_native_bf16", lambda: False)
+    caplog.set_level(logging.INFO, logger="ddpmkit")
+    train(load_config(ROOT / "configs" / "digits.toml", _sets(tmp_path / "bf16", 2, "bf16")), progress=False)
+    train(load_config(ROOT / "configs" / "digits.toml", _sets(tmp_path / "fp32", 2, "fp32")), progress=False)
+    lines = [r.getMessage() for r in caplog.records if "no native bf16" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("train.precision bf16")
+    a, b = load_checkpoint(tmp_path / "bf16"), load_checkpoint(tmp_path / "fp32")
+    assert all(torch.equal(a.model[k], b.model[k]) for k in a.model)  # the fallback is plain fp32
+
+
+@needs_bf16
+def test_bf16_training_on_cpu_keeps_fp32_weights_differs_from_fp32_and_resumes_bit_exactly(tmp_path):
+    K = 3
+    cfg = load_config(ROOT / "configs" / "digits.toml", _sets(tmp_path / "full", 2 * K, "bf16"))
+    train(cfg, progress=False)
+    half = load_config(ROOT / "configs" / "digits.toml", _sets(tmp_path / "half", 2 * K, "bf16"))
+    assert train(half, progress=False, max_steps=K).step == K
+    assert train(half, resume=True, progress=False).step == 2 * K
+    a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "half")
+    for part in ("model", "ema"):
+        for k, v in getattr(a, part).items():
+            assert v.dtype == torch.float32 and torch.equal(v, getattr(b, part)[k]), (part, k)
+    train(load_config(ROOT / "configs" / "digits.toml", _sets(tmp_path / "fp32", 2 * K, "fp32")), progress=False)
+    c = load_checkpoint(tmp_path / "fp32")
+    assert any(not torch.equal(a.model[k], c.model[k]) for k in a.model)  # autocast really ran
+
+
+@needs_bf16
+def test_bf16_sampling_is_close_to_fp32_and_float32(tmp_path):
+    train(load_config(ROOT / "configs" / "digits.toml", _sets(tmp_path / "run", 2, "fp32")), progress=False)
+    run = load_run(tmp_path / "run")
+    kw = dict(sampler="ddim", steps=4, seed=0)
+    x32 = generate(run.model, run.process, 6, run.item_shape, **kw)
+    x16 = generate(run.model, run.process, 6, run.item_shape, precision="bf16", **kw)
+    assert x16.dtype == torch.float32 and x16.shape == x32.shape
+    assert not torch.equal(x16, x32)
+    assert (x16 - x32).abs().max() < 0.1  # bf16 rounding of a 4-step DDIM run, pixels in [-1, 1]
