@@ -140,10 +140,10 @@ def loss_weight(snr: torch.Tensor, prediction: str, weighting: LossWeighting) ->
     converted, so each gives the same objective for every target (up to what the network learns):
 
     * Min-SNR-gamma, w_x0 = min(SNR, gamma): min(SNR, gamma) / SNR for eps, min(SNR, gamma) for x0,
-      min(SNR, gamma) / (SNR + 1) for v (Hang et al. 2023, Sec. 3.4; their code and diffusers'
+      min(SNR, gamma) / (SNR + 1) for v (Hang et al. 2023; their code and diffusers'
       training scripts use the same three).
     * P2, w_eps = 1 / (k + SNR)^gamma: that for eps, SNR / (k + SNR)^gamma for x0 and
-      SNR / ((SNR + 1) (k + SNR)^gamma) for v (Choi et al. 2022, eq. 8, whose lambda_t weights L_simple).
+      SNR / ((SNR + 1) (k + SNR)^gamma) for v (Choi et al. 2022, whose lambda_t weights L_simple).
     """
     if weighting.kind == "none":
         return torch.ones_like(snr)

@@ -104,7 +104,7 @@ def nearest_log_snr_step(log_snr_table: torch.Tensor, log_snr: torch.Tensor) -> 
 
 class LogNormalSampler(UniformSampler):
     """EDM's training distribution of the noise level (Karras et al. 2022, "Elucidating the Design Space
-    of Diffusion-Based Generative Models", Sec. 5 and Table 1: ln sigma ~ N(P_mean, P_std^2), P_mean =
+    of Diffusion-Based Generative Models", Table 1: ln sigma ~ N(P_mean, P_std^2), P_mean =
     -1.2, P_std = 1.2), on this discrete process.
 
     sigma is the noise level of x_t / sqrt(abar) = x0 + sigma eps, sigma^2 = (1 - abar) / abar = 1 / SNR,

@@ -24,7 +24,7 @@ def exponential_beta(n: int, decay: float, warmup: bool) -> float:
 
 def power_beta(n: int, gamma: float) -> float:
     """The power-function EMA of Karras et al. 2024 ("Analyzing and Improving the Training Dynamics of
-    Diffusion Models", Sec. 3.1, eq. 3): beta_t = (1 - 1/t)^(gamma + 1) at update t = n + 1.
+    Diffusion Models"): beta_t = (1 - 1/t)^(gamma + 1) at update t = n + 1.
 
     After t updates the average is sum_tau w_tau theta_tau with w_tau = (tau^(gamma+1) -
     (tau-1)^(gamma+1)) / t^(gamma+1), roughly proportional to tau^gamma: its width grows with
@@ -38,7 +38,7 @@ def sigma_rel_to_gamma(sigma_rel: float) -> float:
 
     The profile of weights proportional to tau^gamma on [0, t] has mean (gamma+1)/(gamma+2) t and
     standard deviation sigma_rel t with sigma_rel^2 = (gamma+1) / ((gamma+2)^2 (gamma+3)) (Karras et
-    al. 2024, Sec. 3.1), i.e. gamma is the largest real root of
+    al. 2024), i.e. gamma is the largest real root of
     gamma^3 + 7 gamma^2 + (16 - s) gamma + (12 - s), s = 1 / sigma_rel^2.  Needs 0 < sigma_rel <=
     1/sqrt(12) (gamma >= 0)."""
     if not 0.0 < sigma_rel <= MAX_SIGMA_REL:
