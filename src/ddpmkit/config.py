@@ -48,6 +48,13 @@ class DiffusionSection:
     variance: str = "fixed_small"   # fixed_small | fixed_large | learned_range | learned (log-variance)
     loss: str = "simple"            # simple (unweighted MSE on the target) | vlb (the bound L) | hybrid
     timestep_sampler: str = "auto"  # auto (importance sampling when the loss is vlb) | uniform | loss-second-moment
+    #                                 | lognormal (EDM's ln sigma ~ N(lognormal_mean, lognormal_std^2))
+    lognormal_mean: float = -1.2    # EDM's P_mean (timestep_sampler = "lognormal")
+    lognormal_std: float = 1.2      # EDM's P_std
+    loss_weighting: str = "none"    # none | min_snr (Min-SNR-gamma) | p2 (perception prioritized); simple/hybrid only
+    min_snr_gamma: float = 5.0      # gamma of min_snr
+    p2_gamma: float = 1.0           # gamma of p2 (0 = unweighted)
+    p2_k: float = 1.0               # k of p2
 
 
 @dataclass(frozen=True)
@@ -66,9 +73,13 @@ class TrainSection:
     weight_decay: float = 0.0
     adam_betas: tuple = (0.9, 0.999)
     warmup: int = 0
+    lr_schedule: str = "constant"   # after warm-up: constant | cosine | linear (decay to lr_min at the last step)
+    lr_min: float = 0.0             # the decaying schedules' final learning rate
     grad_clip: float = 1.0          # 0 = no clipping
     ema_decay: float = 0.9999
     ema_warmup: bool = True         # decay min(ema_decay, (1 + n) / (10 + n))
+    ema: str = "exponential"        # exponential (ema_decay, ema_warmup) | power (EDM2's power function, ema_std)
+    ema_std: float = 0.1            # power EMA: the averaging profile's width sigma_rel, relative to training time
     precision: str = "fp32"         # fp32 | bf16 (CUDA, or a CPU with native bf16) | fp16 (CUDA)
     cond_drop_prob: float = 0.1     # label dropout for classifier-free guidance
     log_every: int = 50

@@ -21,6 +21,10 @@ CHECKPOINT_SECTIONS = ("diffusion", "model", "data")   # what a resumed run may 
 # [data] keys that choose how the same items are stored and read, not which items (a prepared copy
 # trains bit-identically to the in-memory set): a resumed run may change them
 HOW_NOT_WHAT = ("data.storage", "data.prepared_dir", "data.workers")
+# names owned by training/ (a floor above this one, so not importable here; tests/training checks they agree)
+LR_SCHEDULES = ("constant", "cosine", "linear")     # training.lr.LR_SCHEDULES
+EMA_KINDS = ("exponential", "power")                # training.ema.EMA_KINDS
+MAX_EMA_STD = 12 ** -0.5                            # training.ema.MAX_SIGMA_REL (power EMA exponent 0)
 
 
 # --- single values ----------------------------------------------------------------------------
@@ -61,6 +65,14 @@ def one_of(names) -> Callable[[str, Any], None]:
     return check
 
 
+def _in_open_closed(lo: float, hi: float) -> Callable[[str, Any], None]:
+    def check(where: str, v) -> None:
+        _finite(where, v)
+        if not lo < v <= hi:
+            raise UserError(f"{where} must lie in ({lo}, {hi:.4g}], got {v!r}")
+    return check
+
+
 def _pair_in_unit_interval(where: str, v) -> None:
     if len(v) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in v):
         raise UserError(f"{where} must be two numbers [beta1, beta2], got {list(v)!r}")
@@ -89,7 +101,7 @@ def _schedule(where: str, v) -> None:
 
 def _rules() -> dict[str, Callable[[str, Any], None]]:
     from .data.prepared import STORAGES
-    from .diffusion.losses import LOSS_TYPES
+    from .diffusion.losses import LOSS_TYPES, LOSS_WEIGHTINGS
     from .diffusion.parameterization import PREDICTIONS, VARIANCES
     from .diffusion.timesteps import TIMESTEP_SAMPLERS
     from .samplers import SAMPLERS
@@ -102,10 +114,15 @@ def _rules() -> dict[str, Callable[[str, Any], None]]:
         "diffusion.schedule": _schedule, "diffusion.timesteps": at_least(1),
         "diffusion.prediction": one_of(PREDICTIONS), "diffusion.variance": one_of(VARIANCES),
         "diffusion.loss": one_of(LOSS_TYPES), "diffusion.timestep_sampler": one_of(("auto", *TIMESTEP_SAMPLERS)),
+        "diffusion.lognormal_mean": _finite, "diffusion.lognormal_std": positive,
+        "diffusion.loss_weighting": one_of(LOSS_WEIGHTINGS), "diffusion.min_snr_gamma": positive,
+        "diffusion.p2_gamma": at_least(0), "diffusion.p2_k": positive,
         "model.kind": one_of(("unet", "mlp")),
         "train.steps": at_least(0), "train.batch_size": at_least(1), "train.grad_accum": at_least(1),
         "train.lr": positive, "train.weight_decay": at_least(0), "train.adam_betas": _pair_in_unit_interval,
         "train.warmup": at_least(0), "train.grad_clip": at_least(0), "train.ema_decay": between(0, 1),
+        "train.lr_schedule": one_of(LR_SCHEDULES), "train.lr_min": at_least(0),
+        "train.ema": one_of(EMA_KINDS), "train.ema_std": _in_open_closed(0.0, MAX_EMA_STD),
         "train.precision": one_of(("fp32", "bf16", "fp16")), "train.cond_drop_prob": between(0, 1),
         "train.log_every": at_least(1), "train.sample_every": at_least(0), "train.sample_n": at_least(1),
         "train.sample_sampler": one_of(SAMPLERS), "train.sample_steps": at_least(1),
@@ -125,6 +142,15 @@ def check_config(cfg: Config, world_size: int = 1) -> None:
     if d.loss == "hybrid" and d.variance not in LEARNED_VARIANCES:
         raise UserError("diffusion.loss = 'hybrid' trains the variance: it needs diffusion.variance = "
                         + " or ".join(repr(v) for v in LEARNED_VARIANCES))
+    from .diffusion.losses import LossWeighting, check_loss_weighting
+
+    try:
+        check_loss_weighting(LossWeighting(d.loss_weighting), d.loss, d.prediction)
+    except ValueError as e:
+        raise UserError(f"diffusion.loss_weighting: {e}") from None
+    if t.lr_schedule != "constant" and t.lr_min > t.lr:
+        raise UserError(f"train.lr_min = {t.lr_min!r} must not exceed train.lr = {t.lr!r} (the schedule decays "
+                        "from train.lr to train.lr_min)")
     if t.batch_size % (world_size * t.grad_accum):
         raise UserError(f"train.batch_size = {t.batch_size} must be divisible by processes x grad_accum "
                         f"= {world_size} x {t.grad_accum} (train.grad_accum)")

@@ -145,3 +145,95 @@ def test_training_losses_errors():
         losses.training_losses(proc, lambda x, t: x, x0, t, loss_type="l2")
     with pytest.raises(ValueError, match="needs variance 'learned_range'"):
         losses.training_losses(proc, lambda x, t: x, x0, t, loss_type="hybrid")
+
+
+# --- SNR weighting (Min-SNR-gamma, P2) --------------------------------------------------------
+
+def _snr_at(schedule: str, t: int) -> float:
+    """SNR at index t from the betas alone (float64): prod(1 - beta) / (1 - prod(1 - beta))."""
+    from ddpmkit.diffusion.schedules import get_betas
+
+    abar = float(np.prod(1.0 - get_betas(schedule, 1000)[: t + 1]))
+    return abar / (1.0 - abar)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+@pytest.mark.parametrize("t", [0, 99, 400, 700, 999])
+def test_min_snr_and_p2_weights_match_their_closed_forms(schedule, t):
+    s = _snr_at(schedule, t)
+    snr = torch.tensor([s], dtype=torch.float64)
+    g = 5.0
+    expected_min_snr = {"eps": min(s, g) / s, "x0": min(s, g), "v": min(s, g) / (s + 1.0)}
+    k, pg = 1.0, 0.5
+    expected_p2 = {"eps": (k + s) ** -pg, "x0": s * (k + s) ** -pg, "v": s / (s + 1.0) * (k + s) ** -pg}
+    for pred in ("eps", "x0", "v"):
+        w = losses.loss_weight(snr, pred, losses.LossWeighting("min_snr", min_snr_gamma=g))
+        assert w.dtype == torch.float64 and w.item() == pytest.approx(expected_min_snr[pred], rel=1e-13)
+        w = losses.loss_weight(snr, pred, losses.LossWeighting("p2", p2_gamma=pg, p2_k=k))
+        assert w.item() == pytest.approx(expected_p2[pred], rel=1e-13)
+    # the process's own SNR is the same number
+    process = GaussianDiffusion.from_schedule(schedule, 1000)
+    assert losses.signal_to_noise(process.alphas_cumprod[t]).item() == pytest.approx(s, rel=1e-12)
+    # gamma = 0 of P2 is L_simple; 'none' is 1 everywhere
+    assert losses.loss_weight(snr, "eps", losses.LossWeighting("p2", p2_gamma=0.0)).item() == 1.0
+    assert losses.loss_weight(snr, "v", losses.LossWeighting()).item() == 1.0
+
+
+@pytest.mark.parametrize("kind", ["min_snr", "p2"])
+def test_weighted_losses_are_one_objective_whatever_the_target(kind):
+    """The same x0 estimate, predicted as eps, x0 or v: weight * MSE of that target is the same number
+    (w_x0 * ||x0 - x0_hat||^2), because the weights convert between the targets' error scales."""
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(6, 1, 4, 4, generator=g, dtype=torch.float64) * 2 - 1
+    noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    x0_hat = x0 + 0.3 * torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    t = torch.tensor([0, 5, 150, 500, 800, 999])
+    weighting = losses.LossWeighting(kind, min_snr_gamma=5.0, p2_gamma=1.0, p2_k=1.0)
+    got = {}
+    for pred in ("eps", "x0", "v"):
+        process = GaussianDiffusion.from_schedule("cosine", 1000, prediction=pred)
+        a = process.extract(process.sqrt_alphas_cumprod, t, x0)
+        s = process.extract(process.sqrt_one_minus_alphas_cumprod, t, x0)
+
+        def net(x_t, _t, a=a, s=s, pred=pred):
+            eps_hat = (x_t - a * x0_hat) / s
+            return {"eps": eps_hat, "x0": x0_hat, "v": a * eps_hat - s * x0_hat}[pred]
+
+        terms = losses.training_losses(process, net, x0, t, noise=noise, weighting=weighting)
+        unweighted = losses.training_losses(process, net, x0, t, noise=noise)
+        assert torch.equal(terms["mse"], unweighted["mse"])
+        got[pred] = terms["loss"]
+    snr = losses.signal_to_noise(process.alphas_cumprod[t])
+    w_x0 = snr.clamp(max=5.0) if kind == "min_snr" else snr / (1.0 + snr)
+    expected = w_x0 * losses.mean_flat((x0 - x0_hat) ** 2)
+    for pred in got:
+        torch.testing.assert_close(got[pred], expected, rtol=1e-9, atol=0)
+
+
+def test_weighting_none_is_the_unweighted_loss_bit_for_bit_and_misfits_are_refused():
+    process = GaussianDiffusion.from_schedule("linear", 50, variance="learned_range")
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.rand(4, 1, 4, 4, generator=g) * 2 - 1
+    noise = torch.randn(x0.shape, generator=g)
+    out = torch.randn(4, 2, 4, 4, generator=g)
+    t = torch.tensor([0, 10, 30, 49])
+    for loss_type in ("simple", "hybrid"):
+        a = losses.training_losses(process, lambda *_: out, x0, t, loss_type=loss_type, noise=noise)
+        b = losses.training_losses(process, lambda *_: out, x0, t, loss_type=loss_type, noise=noise,
+                                   weighting=losses.LossWeighting("none"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # hybrid: the weight multiplies the MSE part only
+    w = losses.training_losses(process, lambda *_: out, x0, t, loss_type="hybrid", noise=noise,
+                               weighting=losses.LossWeighting("min_snr"))
+    weight = losses.loss_weight(losses.signal_to_noise(process.alphas_cumprod[t]), "eps",
+                                losses.LossWeighting("min_snr"))
+    torch.testing.assert_close(w["loss"], w["mse"] * weight.float() + w["vb"])
+    with pytest.raises(ValueError, match="loss 'vlb' has none"):
+        losses.training_losses(process, lambda *_: out, x0, t, loss_type="vlb", noise=noise,
+                               weighting=losses.LossWeighting("p2"))
+    mean = GaussianDiffusion.from_schedule("linear", 50, prediction="mean")
+    with pytest.raises(ValueError, match="needs prediction 'eps' / 'x0' / 'v', got 'mean'"):
+        losses.training_losses(mean, lambda *_: out[:, :1], x0, t, noise=noise,
+                               weighting=losses.LossWeighting("min_snr"))
+    with pytest.raises(ValueError, match="unknown loss weighting 'snr'"):
+        losses.check_loss_weighting(losses.LossWeighting("snr"), "simple", "eps")

@@ -96,3 +96,54 @@ def test_respaced_process_keeps_the_marginals_and_maps_back():
     torch.testing.assert_close(twice.alphas_cumprod, proc.alphas_cumprod[[0, 200, 980]], rtol=1e-12, atol=0)
     with pytest.raises(ValueError, match="0..999"):
         respace(proc, [5, 1000])
+
+
+# --- the log-normal (EDM) sampler ---------------------------------------------------------------
+
+def test_nearest_log_snr_step_is_the_argmin():
+    from ddpmkit.diffusion.timesteps import log_snr_of, nearest_log_snr_step
+
+    table = log_snr_of(GaussianDiffusion.from_schedule("linear", 200).alphas_cumprod)
+    assert torch.all(table[1:] < table[:-1])
+    values = torch.cat([torch.linspace(-15, 15, 2001, dtype=torch.float64), table, table[[0, -1]] + torch.tensor(
+        [1.0, -1.0], dtype=torch.float64)])
+    got = nearest_log_snr_step(table, values)
+    brute = (table[None, :] - values[:, None]).abs().argmin(dim=1)
+    close = (table[got] - values).abs()
+    assert torch.all(close <= (table[brute] - values).abs() + 1e-12)   # as near as the argmin (ties aside)
+    assert torch.equal(got[2001:2201], torch.arange(200))              # each table entry maps to its own step
+    assert got[-2] == 0 and got[-1] == 199                             # beyond the ends: the end steps
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_lognormal_sampler_draws_edm_noise_levels(schedule):
+    from ddpmkit.diffusion.timesteps import LogNormalSampler, log_snr_of
+
+    process = GaussianDiffusion.from_schedule(schedule, 1000)
+    s = make_timestep_sampler("lognormal", 1000, alphas_cumprod=process.alphas_cumprod, mean=-1.2, std=1.2)
+    assert isinstance(s, LogNormalSampler)
+    n = 200_000
+    t, w = s.sample(n, generator=torch.Generator().manual_seed(3))
+    t2, _ = s.sample(n, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(t, t2) and torch.all(w == 1)                    # a function of the generator only
+    assert t.dtype == torch.long and 0 <= int(t.min()) and int(t.max()) <= 999
+    p = s.probabilities()
+    assert p.sum() == pytest.approx(1.0, abs=1e-12)
+    freq = np.bincount(t.numpy(), minlength=1000) / n
+    assert np.abs(freq - p).max() < 5 * np.sqrt(p.max() / n)
+    log_snr = log_snr_of(process.alphas_cumprod)
+    exact_mean = float((torch.from_numpy(p) * log_snr).sum())
+    drawn = log_snr[t]
+    assert float(drawn.mean()) == pytest.approx(exact_mean, abs=5 * float(drawn.std()) / np.sqrt(n))
+    # EDM's ln sigma ~ N(-1.2, 1.2^2) is log SNR ~ N(2.4, 2.4^2): nearly so on the discrete steps
+    assert exact_mean == pytest.approx(2.4, abs=0.05)
+    assert float(drawn.std()) == pytest.approx(2.4, abs=0.05)
+
+
+def test_lognormal_sampler_checks_its_inputs():
+    with pytest.raises(TypeError):
+        make_timestep_sampler("lognormal", 10)                          # needs the schedule
+    with pytest.raises(ValueError, match="one entry per step"):
+        make_timestep_sampler("lognormal", 10, alphas_cumprod=np.linspace(0.9, 0.1, 9))
+    with pytest.raises(ValueError, match="std must be > 0"):
+        make_timestep_sampler("lognormal", 10, alphas_cumprod=np.linspace(0.9, 0.1, 10), std=0.0)

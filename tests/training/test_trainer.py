@@ -73,6 +73,69 @@ def test_resume_is_bit_identical(tmp_path, kind):
     assert metrics(tmp_path / "full") == metrics(tmp_path / "half")
 
 
+# every option of the quality-per-hour recipes on at once (docs/training.md)
+RECIPES = {
+    "min_snr-v-cosine": {"diffusion.prediction": "v", "diffusion.loss_weighting": "min_snr",
+                         "diffusion.min_snr_gamma": "3.0", "diffusion.timestep_sampler": "lognormal",
+                         "diffusion.lognormal_mean": "-0.8", "train.lr_schedule": "cosine", "train.lr_min": "1e-5",
+                         "train.warmup": "2", "train.ema": "power", "train.ema_std": "0.15"},
+    "p2-x0-linear": {"diffusion.prediction": "x0", "diffusion.loss_weighting": "p2", "diffusion.p2_gamma": "0.5",
+                     "diffusion.p2_k": "2.0", "diffusion.timestep_sampler": "lognormal",
+                     "diffusion.lognormal_std": "1.5",
+                     "train.lr_schedule": "linear", "train.lr_min": "2e-5", "train.warmup": "1", "train.ema": "power"},
+}
+
+
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_resume_is_bit_identical_with_every_recipe_option(tmp_path, recipe):
+    """As above with the loss weighting, the log-normal t sampler, a decaying learning rate and the power
+    EMA all switched on; the logged learning rates follow the schedule."""
+    from ddpmkit.training.lr import lr_at
+
+    K = 3
+
+    def sets(out):
+        return tiny_overrides(out, 2 * K, **{"data.flip": "true", **RECIPES[recipe]})
+
+    cfg = load_config(ROOT / "configs" / "digits.toml", sets(tmp_path / "full"))
+    train(cfg, progress=False)
+    half = load_config(ROOT / "configs" / "digits.toml", sets(tmp_path / "half"))
+    assert train(half, progress=False, max_steps=K).step == K
+    assert train(half, resume=True, progress=False).step == 2 * K
+    assert_same_state(tmp_path / "full", tmp_path / "half")
+    rows = metrics(tmp_path / "full")
+    assert rows == metrics(tmp_path / "half")
+    t = cfg.train
+    assert [r["lr"] for r in rows] == [lr_at(r["step"] - 1, lr=t.lr, warmup=t.warmup, steps=t.steps,
+                                             schedule=t.lr_schedule, lr_min=t.lr_min) for r in rows]
+    assert rows[-1]["lr"] == pytest.approx(t.lr_min)
+    # the options are in effect: the stock recipe trains to other weights from the same seed
+    plain = {k: v for k, v in RECIPES[recipe].items() if k == "diffusion.prediction"}
+    train(load_config(ROOT / "configs" / "digits.toml", tiny_overrides(tmp_path / "plain", 2 * K,
+                                                                        **{"data.flip": "true", **plain})),
+          progress=False)
+    a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "plain")
+    assert not all(torch.equal(a.model[k], b.model[k]) for k in a.model)
+    assert not all(torch.equal(a.ema[k], b.ema[k]) for k in a.ema)
+
+
+def test_resume_refuses_a_new_loss_weighting_and_accepts_a_new_lr_schedule(tmp_path):
+    run = tmp_path / "run"
+    train(load_config(None, toy_sets(run, 2)), progress=False)
+    with pytest.raises(UserError, match="would change what this run trains \\(diffusion.loss_weighting: 'none'"):
+        Trainer(load_config(None, toy_sets(run, 4, **{"diffusion.loss_weighting": "min_snr"})),
+                resume=True, progress=False)
+    with pytest.raises(UserError, match="diffusion.timestep_sampler: 'auto' in the checkpoint, 'lognormal'"):
+        Trainer(load_config(None, toy_sets(run, 4, **{"diffusion.timestep_sampler": "lognormal"})),
+                resume=True, progress=False)
+    notes = []
+    trainer = Trainer(load_config(None, toy_sets(run, 4, **{"train.lr_schedule": "cosine", "train.ema": "power"})),
+                      resume=True, progress=False, log=notes.append)
+    assert trainer.step == 2 and trainer.ema.num_updates == 2
+    assert any("train.lr_schedule 'constant' -> 'cosine'" in n and "train.ema 'exponential' -> 'power'" in n
+               for n in notes)
+
+
 def test_prepared_folder_trains_bit_identically_to_the_in_memory_folder(tmp_path):
     """Same folder read from its memory-mapped prepared copy or decoded into memory: same batches, same run."""
     runs = {}

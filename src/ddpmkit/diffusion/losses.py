@@ -5,12 +5,15 @@ dimension), as in Ho et al. and Nichol & Dhariwal, so the full bound is
 ``prior_bpd + sum_t vb_t`` with ``vb_0`` the decoder's negative log-likelihood.
 
 Losses return per-example tensors of shape (B,); the trainer weights, averages and logs them.
+``LossWeighting`` reweights the simple loss per step by the signal-to-noise ratio (Min-SNR-gamma,
+P2); ``loss_weight`` is its closed form.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -20,6 +23,8 @@ from .process import GaussianDiffusion, model_output_to_prediction
 LOG2 = math.log(2.0)
 HYBRID_LAMBDA = 1e-3
 LOSS_TYPES = ("simple", "vlb", "hybrid")
+LOSS_WEIGHTINGS = ("none", "min_snr", "p2")
+WEIGHTED_PREDICTIONS = ("eps", "x0", "v")   # the targets whose MSE is a fixed multiple of the x0 MSE
 
 
 def mean_flat(x: torch.Tensor) -> torch.Tensor:
@@ -102,6 +107,76 @@ def simple_loss(process: GaussianDiffusion, model_output: torch.Tensor, x0: torc
     return mean_flat((out - target) ** 2)
 
 
+# --- SNR weighting of the simple loss --------------------------------------------------------
+
+@dataclass(frozen=True)
+class LossWeighting:
+    """How the simple loss is weighted per step (``diffusion.loss_weighting`` and its parameters).
+
+    * ``none``: unweighted (L_simple).
+    * ``min_snr``: Min-SNR-gamma (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR
+      Weighting Strategy"): weight min(SNR, gamma) on the x0 error.
+    * ``p2``: perception-prioritized weighting (Choi et al. 2022): weight 1 / (k + SNR)^gamma on the
+      eps error (gamma = 0 is L_simple).
+    """
+
+    kind: str = "none"
+    min_snr_gamma: float = 5.0
+    p2_gamma: float = 1.0
+    p2_k: float = 1.0
+
+
+def signal_to_noise(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """Signal-to-noise ratio alpha_bar / (1 - alpha_bar) of x_t = sqrt(abar) x0 + sqrt(1 - abar) eps."""
+    return alphas_cumprod / (1.0 - alphas_cumprod)
+
+
+def loss_weight(snr: torch.Tensor, prediction: str, weighting: LossWeighting) -> torch.Tensor:
+    """The weight on the per-example MSE of ``prediction``'s target at signal-to-noise ratio ``snr``.
+
+    The errors of the three targets are fixed multiples of each other at one step: with
+    x_t = a x0 + s eps (a^2 + s^2 = 1, SNR = a^2 / s^2), ||eps - eps_hat||^2 = SNR ||x0 - x0_hat||^2 and
+    ||v - v_hat||^2 = (1 + SNR) ||x0 - x0_hat||^2.  A weighting is defined once, on one of them, and
+    converted, so each gives the same objective for every target (up to what the network learns):
+
+    * Min-SNR-gamma, w_x0 = min(SNR, gamma): min(SNR, gamma) / SNR for eps, min(SNR, gamma) for x0,
+      min(SNR, gamma) / (SNR + 1) for v (Hang et al. 2023; their code and diffusers'
+      training scripts use the same three).
+    * P2, w_eps = 1 / (k + SNR)^gamma: that for eps, SNR / (k + SNR)^gamma for x0 and
+      SNR / ((SNR + 1) (k + SNR)^gamma) for v (Choi et al. 2022, whose lambda_t weights L_simple).
+    """
+    if weighting.kind == "none":
+        return torch.ones_like(snr)
+    if prediction not in WEIGHTED_PREDICTIONS:
+        raise ValueError(f"loss weighting {weighting.kind!r} needs prediction "
+                         f"{' / '.join(map(repr, WEIGHTED_PREDICTIONS))}, got {prediction!r}")
+    if weighting.kind == "min_snr":
+        w_x0 = torch.clamp(snr, max=weighting.min_snr_gamma)
+        return {"x0": w_x0, "eps": w_x0 / snr, "v": w_x0 / (snr + 1.0)}[prediction]
+    if weighting.kind == "p2":
+        w_eps = (weighting.p2_k + snr) ** -weighting.p2_gamma
+        return {"eps": w_eps, "x0": w_eps * snr, "v": w_eps * snr / (snr + 1.0)}[prediction]
+    raise ValueError(f"unknown loss weighting {weighting.kind!r}; valid: {', '.join(LOSS_WEIGHTINGS)}")
+
+
+def check_loss_weighting(weighting: LossWeighting, loss_type: str, prediction: str) -> None:
+    """ValueError when ``weighting`` does not fit the loss or the prediction target.
+
+    The weighting applies to the MSE term: with ``vlb`` there is none (weighting the bound would make
+    it no bound), so any weighting but 'none' is refused; with ``hybrid`` it weights the MSE part
+    only (the bound part trains only the variance)."""
+    if weighting.kind not in LOSS_WEIGHTINGS:
+        raise ValueError(f"unknown loss weighting {weighting.kind!r}; valid: {', '.join(LOSS_WEIGHTINGS)}")
+    if weighting.kind == "none":
+        return
+    if loss_type == "vlb":
+        raise ValueError(f"loss weighting {weighting.kind!r} weights the simple (MSE) loss; loss 'vlb' has none "
+                         "(use loss 'simple' or 'hybrid')")
+    if prediction not in WEIGHTED_PREDICTIONS:
+        raise ValueError(f"loss weighting {weighting.kind!r} needs prediction "
+                         f"{' / '.join(map(repr, WEIGHTED_PREDICTIONS))}, got {prediction!r}")
+
+
 def check_loss(loss_type: str, variance: str) -> None:
     """ValueError for an unknown loss type or one that does not fit the variance."""
     if loss_type not in LOSS_TYPES:
@@ -113,7 +188,8 @@ def check_loss(loss_type: str, variance: str) -> None:
 
 def training_losses(process: GaussianDiffusion, model_fn: Callable[..., torch.Tensor], x0: torch.Tensor,
                     t: torch.Tensor, *, loss_type: str = "simple", noise: torch.Tensor | None = None,
-                    generator: torch.Generator | None = None, model_kwargs: dict | None = None) -> dict:
+                    generator: torch.Generator | None = None, model_kwargs: dict | None = None,
+                    weighting: LossWeighting | None = None) -> dict:
     """Per-example training losses at sampled steps ``t``.
 
     * ``simple``: the unweighted MSE on the prediction target: L_simple (Ho et al., eq. 14) for
@@ -124,9 +200,15 @@ def training_losses(process: GaussianDiffusion, model_fn: Callable[..., torch.Te
       the bound term, so it trains only the variance (Nichol & Dhariwal, Sec. 3.1); it needs a
       learned variance ('learned_range' or 'learned').
 
+    ``weighting`` (default none) multiplies the MSE by ``loss_weight`` at each example's SNR (see
+    ``check_loss_weighting`` for which losses take one); 'mse' stays unweighted, 'loss' is weighted.
+
     Returns a dict with 'loss' and its parts ('mse', 'vb' where computed), each of shape (B,).
     """
     check_loss(loss_type, process.variance)
+    weighted = weighting is not None and weighting.kind != "none"
+    if weighted:
+        check_loss_weighting(weighting, loss_type, process.prediction)
     t = process.check_t(t, x0)
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
@@ -140,11 +222,14 @@ def training_losses(process: GaussianDiffusion, model_fn: Callable[..., torch.Te
         return terms
     terms["mse"] = simple_loss(process, output, x0, t, noise)
     terms["loss"] = terms["mse"]
+    if weighted:
+        w = loss_weight(signal_to_noise(process.alphas_cumprod.to(t.device)[t]), process.prediction, weighting)
+        terms["loss"] = terms["mse"] * w.to(terms["mse"].dtype)
     if loss_type == "hybrid":
         c = x0.shape[1]
         frozen = torch.cat([output[:, :c].detach(), output[:, c:]], dim=1)
         terms["vb"] = vlb_term(process, frozen, x0, x_t, t) * (HYBRID_LAMBDA * T)
-        terms["loss"] = terms["mse"] + terms["vb"]
+        terms["loss"] = terms["loss"] + terms["vb"]
     return terms
 
 

@@ -4,6 +4,9 @@
 * ``LossSecondMomentSampler``: Improved DDPM's importance sampler for L_vlb (Sec. 3.3): p_t is
   proportional to sqrt(E[L_t^2]) over the last 10 losses seen at t, mixed with a little uniform,
   and uniform until every t has its full history; weights 1 / (T p_t) keep the loss unbiased.
+* ``LogNormalSampler``: EDM's training noise distribution (Karras et al. 2022), ln sigma ~
+  N(P_mean, P_std^2), each draw taken to the step nearest in log-SNR; weights 1 (it changes the
+  objective, as in EDM, rather than estimating the uniform one).
 * ``space_timesteps`` + ``respace``: keep a subsequence of steps and build a new process whose
   betas are recomputed from the kept alpha_bar (Improved DDPM Sec. 4, respace.py), with the map
   back to the original indices for the network.
@@ -84,14 +87,69 @@ class LossSecondMomentSampler(UniformSampler):
         self.loss_counts = np.asarray(state["loss_counts"], dtype=np.int64).copy()
 
 
-TIMESTEP_SAMPLERS = {"uniform": UniformSampler, "loss-second-moment": LossSecondMomentSampler}
+def log_snr_of(alphas_cumprod) -> torch.Tensor:
+    """log SNR = log(abar / (1 - abar)) per step, float64 (decreasing in t for positive betas)."""
+    abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+    return torch.log(abar) - torch.log1p(-abar)
 
 
-def make_timestep_sampler(name: str, num_timesteps: int) -> UniformSampler:
+def nearest_log_snr_step(log_snr_table: torch.Tensor, log_snr: torch.Tensor) -> torch.Tensor:
+    """For each value of ``log_snr``, the step t whose ``log_snr_table[t]`` (decreasing in t) is nearest;
+    values beyond either end go to the first or last step.  The step is the number of midpoints
+    between neighbouring table entries that lie above the value (a tie goes to the smaller t)."""
+    table = torch.as_tensor(log_snr_table, dtype=torch.float64)
+    mid = 0.5 * (table[:-1] + table[1:])
+    return torch.searchsorted(-mid, -torch.as_tensor(log_snr, dtype=torch.float64), side="left")
+
+
+class LogNormalSampler(UniformSampler):
+    """EDM's training distribution of the noise level (Karras et al. 2022, "Elucidating the Design Space
+    of Diffusion-Based Generative Models", Table 1: ln sigma ~ N(P_mean, P_std^2), P_mean =
+    -1.2, P_std = 1.2), on this discrete process.
+
+    sigma is the noise level of x_t / sqrt(abar) = x0 + sigma eps, sigma^2 = (1 - abar) / abar = 1 / SNR,
+    so log SNR = -2 ln sigma ~ N(-2 P_mean, (2 P_std)^2); each draw goes to the step nearest in log SNR.
+    The weights are 1: the distribution *is* the objective's weighting over noise levels (as in EDM), not
+    an importance sampler for the uniform loss.  One standard normal per example from ``generator``.
+    """
+
+    def __init__(self, num_timesteps: int, alphas_cumprod, mean: float = -1.2, std: float = 1.2):
+        super().__init__(num_timesteps)
+        self.log_snr = log_snr_of(alphas_cumprod).cpu()
+        if self.log_snr.shape != (self.num_timesteps,):
+            raise ValueError(f"alphas_cumprod must have one entry per step ({self.num_timesteps}), "
+                             f"got shape {tuple(self.log_snr.shape)}")
+        if not std > 0:
+            raise ValueError(f"log-normal std must be > 0, got {std}")
+        self.mean, self.std = float(mean), float(std)
+
+    def probabilities(self) -> np.ndarray:
+        """P(t) exactly: the normal mass of log SNR between the midpoints around step t."""
+        mid = 0.5 * (self.log_snr[:-1] + self.log_snr[1:])
+        inf = torch.tensor([float("inf")], dtype=torch.float64)
+        edges = torch.cat([inf, mid, -inf])  # decreasing: step t owns (edges[t + 1], edges[t]]
+        cdf = torch.special.ndtr((edges - (-2.0 * self.mean)) / (2.0 * self.std))
+        return (cdf[:-1] - cdf[1:]).numpy()
+
+    def sample(self, batch_size: int, *, generator: torch.Generator | None = None,
+               device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        z = torch.randn(batch_size, generator=generator, dtype=torch.float64)
+        t = nearest_log_snr_step(self.log_snr, -2.0 * (self.mean + self.std * z))
+        return t.to(device), torch.ones(batch_size, device=device)
+
+
+TIMESTEP_SAMPLERS = {"uniform": UniformSampler, "loss-second-moment": LossSecondMomentSampler,
+                     "lognormal": LogNormalSampler}
+
+
+def make_timestep_sampler(name: str, num_timesteps: int, **options) -> UniformSampler:
+    """The sampler ``name`` over ``num_timesteps`` steps; ``options`` go to its constructor
+    (``lognormal`` needs ``alphas_cumprod`` and takes ``mean`` / ``std``)."""
     try:
-        return TIMESTEP_SAMPLERS[name](num_timesteps)
+        cls = TIMESTEP_SAMPLERS[name]
     except KeyError:
         raise ValueError(f"unknown timestep sampler {name!r}; valid: {', '.join(TIMESTEP_SAMPLERS)}") from None
+    return cls(num_timesteps, **options)
 
 
 # --- respacing --------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import Checkpoint, clean_checkpoints, list_checkpoints, load_checkpoint, read_state, save_checkpoint
 from ..config import Config, apply_overrides, config_from_dict, dump_toml, load_config
-from ..diffusion.losses import training_losses
+from ..diffusion.losses import LossWeighting, training_losses
 from ..diffusion.timesteps import make_timestep_sampler
 from ..errors import TrainingDiverged, UserError
 from ..networks.precision import autocast_dtype, with_autocast
@@ -34,6 +34,7 @@ from ..runs import balanced_labels, build_model, build_process, derive_seed, pic
 from ..validate import check_config, create_output_dir, resume_changes
 from . import distributed as D
 from .ema import EMA
+from .lr import lr_at
 from .prefetch import Prefetcher
 
 QUARTERS = 4
@@ -122,17 +123,21 @@ class Trainer:
         self.process = build_process(cfg.diffusion, self.device)
         self.network_config = resolve_network_config(cfg, tuple(self.data.shape), self.data.num_classes)
         self.model = build_model(self.network_config, seed=cfg.run.seed).to(self.device)
-        self.ema = EMA(self.model, t.ema_decay, t.ema_warmup)
+        self.ema = EMA(self.model, t.ema_decay, t.ema_warmup, kind=t.ema, sigma_rel=t.ema_std)
         # fused AdamW: one kernel for all parameters (about 2x faster optimizer steps on CPU here)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=tuple(t.adam_betas),
                                            weight_decay=t.weight_decay, fused=True)
         ts = cfg.diffusion.timestep_sampler
         if ts == "auto":
             ts = "loss-second-moment" if cfg.diffusion.loss == "vlb" else "uniform"
+        d = cfg.diffusion
+        options = ({"alphas_cumprod": self.process.alphas_cumprod, "mean": d.lognormal_mean, "std": d.lognormal_std}
+                   if ts == "lognormal" else {})
         try:
-            self.t_sampler = make_timestep_sampler(ts, self.process.num_timesteps)
+            self.t_sampler = make_timestep_sampler(ts, self.process.num_timesteps, **options)
         except ValueError as e:
             raise UserError(f"[diffusion] {e}") from None
+        self.loss_weighting = LossWeighting(d.loss_weighting, d.min_snr_gamma, d.p2_gamma, d.p2_k)
         self.step = 0
         self.window = self._empty_window()
         if resume:
@@ -219,7 +224,7 @@ class Trainer:
     # --- one step --------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
         t = self.cfg.train
-        return t.lr * min(1.0, (step + 1) / t.warmup) if t.warmup > 0 else t.lr
+        return lr_at(step, lr=t.lr, warmup=t.warmup, steps=t.steps, schedule=t.lr_schedule, lr_min=t.lr_min)
 
     def batch_indices(self, step: int) -> torch.Tensor:
         """Data indices of the global batch of ``step``: a pure function of (seed, step) -- each epoch is
@@ -280,7 +285,8 @@ class Trainer:
             sync = self.ddp is None or k == cfg.train.grad_accum - 1
             with nullcontext() if sync else self.ddp.no_sync():
                 terms = training_losses(self.process, model_fn, x0[sl], t[sl], loss_type=cfg.diffusion.loss,
-                                        noise=noise[sl], model_kwargs={"y": y[sl]} if y is not None else None)
+                                        noise=noise[sl], model_kwargs={"y": y[sl]} if y is not None else None,
+                                        weighting=self.loss_weighting)
                 loss = (terms["loss"].float() * w[sl]).sum() / local
             losses[sl] = terms["loss"].detach().float()
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
@@ -387,6 +393,11 @@ class Trainer:
         return path
 
     # --- the loop ----------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Stop after the step in progress, save a checkpoint and return from ``train`` (as on SIGINT; safe
+        to call from another thread, e.g. a wall-clock timer)."""
+        self._stop_requested = True
+
     def _on_signal(self, signum, frame):
         self._stop_requested = True
         if self.dist.is_main:

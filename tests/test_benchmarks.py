@@ -1,0 +1,53 @@
+"""The benchmark scripts' dry runs (--tiny): the whole pipeline in seconds, on the tiny U-Net."""
+
+import importlib
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from ddpmkit.checkpoint import load_checkpoint
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def quality_per_hour(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    return importlib.import_module("quality_per_hour")
+
+
+def test_budget_marks(quality_per_hour):
+    assert quality_per_hour.marks(60, 15) == [15, 30, 45, 60]
+    assert quality_per_hour.marks(50, 15) == [15, 30, 45, 50]
+    assert quality_per_hour.marks(10, 15) == [10]
+    assert quality_per_hour.parse_samplers("dpm++:10,ddim:50") == [("dpm++", 10), ("ddim", 50)]
+    with pytest.raises(SystemExit, match="NAME:STEPS"):
+        quality_per_hour.parse_samplers("dpm++")
+
+
+def test_quality_per_hour_tiny_trains_to_each_mark_and_scores_every_checkpoint(quality_per_hour, tmp_path):
+    argv = ["--tiny", "--runs", str(tmp_path / "runs"), "--json", str(tmp_path / "qph.json"),
+            "--cache-dir", str(tmp_path / "cache"), "--threads", "1", "--set", "train.lr_schedule=cosine",
+            "--set", "train.steps=100000", "--set", "train.ema=power"]
+    payload = quality_per_hour.main(argv)
+    assert json.loads((tmp_path / "qph.json").read_text()) == payload
+    rows = payload["checkpoints"]
+    assert [r["minutes"] for r in rows] == [0.02, 0.04]
+    assert payload["resolved_config"]["train"]["lr_schedule"] == "cosine"
+    assert payload["overrides"][-1] == "train.ema=power" and payload["cpu"]["cores"] >= 1
+    assert 0 < rows[0]["step"] < rows[1]["step"]
+    for r in rows:
+        assert r["train_seconds"] >= r["minutes"] * 60          # stopped at the mark, not before
+        assert r["images_seen"] == 8 * r["step"]                # tiny batch 8
+        assert load_checkpoint(r["checkpoint"]).step == r["step"]
+        assert set(r["scores"]) == {"dpm++-3", "ddim-4"}
+        for s in r["scores"].values():
+            assert math.isfinite(s["fid"]) and s["fid"] > 0 and s["n"] == 24
+            assert 0 <= s["precision"] <= 1 and 0 <= s["recall"] <= 1 and 0 <= s["confident_fraction"] <= 1
+    # a rerun reuses what is there: no training, the same scores
+    again = quality_per_hour.main(argv)
+    assert again["checkpoints"] == rows
+    with pytest.raises(SystemExit, match="trained with another config"):
+        quality_per_hour.main([*argv, "--set", "train.lr=5e-4"])
