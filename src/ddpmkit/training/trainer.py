@@ -29,6 +29,8 @@ from ..config import Config, apply_overrides, config_from_dict, dump_toml, load_
 from ..diffusion.losses import training_losses
 from ..diffusion.timesteps import make_timestep_sampler
 from ..errors import TrainingDiverged, UserError
+from ..networks.factory import config_from_dict as network_from_dict
+from ..networks.factory import config_to_dict
 from ..runs import balanced_labels, build_model, build_process, derive_seed, pick_device, resolve_network_config
 from ..validate import check_config, create_output_dir, resume_changes
 from . import distributed as D
@@ -174,9 +176,13 @@ class Trainer:
         changes = resume_changes(stored, self.cfg.to_dict())
         if changes and self.dist.is_main:
             self.log_fn(f"resuming with changed settings: {', '.join(changes)}")
-        if ckpt.network != self.network_config:
-            diff = sorted(k for k in set(ckpt.network) | set(self.network_config)
-                          if ckpt.network.get(k) != self.network_config.get(k))
+        try:  # the stored dict with the defaults of fields added since it was written
+            stored_net = config_to_dict(network_from_dict(ckpt.network))
+        except (ValueError, TypeError):
+            stored_net = ckpt.network
+        if stored_net != self.network_config:
+            diff = sorted(k for k in set(stored_net) | set(self.network_config)
+                          if stored_net.get(k) != self.network_config.get(k))
             raise UserError(f"checkpoint {ckpt.path} is from another architecture (differs in: "
                             f"{', '.join(diff)}); nothing was overwritten")
         try:
