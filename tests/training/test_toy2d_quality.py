@@ -75,7 +75,7 @@ def test_cheap_toy2d_run_finds_all_eight_modes(tmp_path, single_torch_thread):
 
 
 @pytest.mark.slow
-def test_toy2d_config_learns_the_modes(tmp_path):
+def test_toy2d_config_learns_the_modes(tmp_path, single_torch_thread):
     cfg, samples, held_out = _train_and_sample(tmp_path, [])
     frac, counts = mode_coverage(samples)
     real_frac, real_counts = mode_coverage(held_out)
