@@ -7,6 +7,7 @@ and `RUN` is the run the README trained.  Lines that are not `ddpmkit` commands 
 2.5-hour Fashion-MNIST training behind the shipped model) are listed in SKIPPED with the reason.
 """
 
+import importlib.util
 import shlex
 from pathlib import Path
 
@@ -91,3 +92,106 @@ def test_readme_command_parses(line, capsys):
     from ddpmkit.cli import build_parser
 
     build_parser().parse_args(shlex.split(line)[1:])
+
+
+# --- the README's ```python blocks ------------------------------------------------------------------
+
+# README text -> what the test runs instead (each must occur: a README edit that drops one fails here).
+# Sizes only: the shipped Fashion-MNIST model becomes a tiny digits run (T = 1000, as the model has,
+# so diffusers' DDPMPipeline runs its default 1000 steps), training gets the tiny U-Net.
+PY_SUBSTITUTIONS = {
+    '"pretrained:fashion-mnist"': "TINY_RUN",
+    '"train.steps=2000"]': '"train.steps=3", *TINY_SETS]',
+}
+PY_CAPS = {r"(?<![\w.])steps=(\d+)": 3, r"num_inference_steps=(\d+)": 3, r"pipe\((\d+)": 2,
+           r"batch_size=(\d+)": 2, r"sample\(\"dpm\+\+\", net, process, \((\d+)": 2}
+
+
+def readme_python_blocks() -> list[str]:
+    blocks, current = [], None
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith("```"):
+            if current is not None:
+                blocks.append("\n".join(current))
+                current = None
+            elif line.strip() == "```python":
+                current = []
+            continue
+        if current is not None:
+            current.append(line)
+    return blocks
+
+
+def side_by_side_columns(block: str) -> dict[str, str] | None:
+    """A block headed ``# diffusers    # ddpmkit`` -> each column's code (lines above the header go to both)."""
+    lines = block.splitlines()
+    head = next((i for i, line in enumerate(lines) if line.startswith("# diffusers") and "# ddpmkit" in line), None)
+    if head is None:
+        return None
+    col = lines[head].index("# ddpmkit")
+    common, left, right = lines[:head], [], []
+    for line in lines[head + 1:]:
+        if len(line) > col and line[col - 1] != " ":  # a long left-column line with nothing on the right
+            left.append(line)
+            continue
+        left.append(line[:col].rstrip())
+        right.append(line[col:])
+    return {"diffusers": "\n".join(common + left), "ddpmkit": "\n".join(common + right)}
+
+
+def small_python(code: str) -> str:
+    import re
+
+    for text, instead in PY_SUBSTITUTIONS.items():
+        code = code.replace(text, instead)
+    for pattern, cap in PY_CAPS.items():
+        code = re.sub(pattern, lambda m, cap=cap: m.group(0)[:m.start(1) - m.start(0)] + str(min(int(m.group(1)), cap)),
+                      code)
+    return code
+
+
+def test_readme_python_blocks_are_found_and_substituted():
+    blocks = readme_python_blocks()
+    assert len(blocks) >= 4
+    text = "\n".join(blocks)
+    for needle in PY_SUBSTITUTIONS:
+        assert needle in text, f"README no longer contains {needle!r}: update PY_SUBSTITUTIONS"
+    assert sum(side_by_side_columns(b) is not None for b in blocks) == 1
+    assert small_python('pipe(16, steps=50); x.steps=9; sample("dpm++", net, process, (16, 1)') == \
+        'pipe(2, steps=3); x.steps=9; sample("dpm++", net, process, (2, 1)'
+
+
+def test_readme_python_blocks_run_with_small_sizes(tmp_path, monkeypatch, single_torch_thread):
+    """Every ```python block of the README runs, in order, each in a fresh namespace, in one directory (the
+    Library block writes the my-pipe that the diffusers comparison loads); the side-by-side block runs
+    its ddpmkit column, and its diffusers column when diffusers is installed."""
+    import shutil
+
+    from ddpmkit.config import load_config
+    from ddpmkit.training.trainer import train
+
+    monkeypatch.chdir(tmp_path)
+    tiny_sets = tiny_overrides("unused", 4, **{"diffusion.timesteps": 1000})[1:]
+    train(load_config("digits", ['run.out_dir="tiny"', *tiny_sets]), progress=False)
+    env = {"TINY_RUN": str(tmp_path / "tiny"), "TINY_SETS": tiny_sets}
+    ran = []
+    for i, block in enumerate(readme_python_blocks()):
+        columns = side_by_side_columns(block)
+        if columns is None:
+            exec(compile(small_python(block), f"README python block {i}", "exec"), dict(env))
+            ran.append(i)
+            continue
+        for side, code in columns.items():
+            if side == "diffusers" and importlib.util.find_spec("diffusers") is None:
+                continue
+            where = tmp_path / f"side-{side}"
+            where.mkdir()
+            shutil.copytree("my-pipe", where / "my-pipe")
+            monkeypatch.chdir(where)
+            exec(compile(small_python(code), f"README python block {i} ({side})", "exec"), dict(env))
+            assert (where / "out" / "model_index.json").is_file()
+            monkeypatch.chdir(tmp_path)
+            ran.append((i, side))
+    assert len(ran) >= 5, ran
+    for made in ("my-model", "my-pipe/model_index.json", "mine", "runs/mine/config.toml"):
+        assert (tmp_path / made).exists(), made

@@ -82,8 +82,11 @@ def _pair_in_unit_interval(where: str, v) -> None:
 
 def _dataset_name(where: str, v) -> None:
     from .data.dataset import DataError
+    from .data.passed import PASSED_NAMES
     from .data.registry import _normalise
 
+    if v in PASSED_NAMES:  # data passed in Python; the trainer refuses the name without the data
+        return
     try:
         _normalise(v)
     except DataError as e:

@@ -93,3 +93,20 @@ def test_maybe_compile_falls_back_cleanly(monkeypatch):
         warnings.simplefilter("always")
         assert maybe_compile(net) is net
     assert any("running eagerly" in str(w.message) for w in caught)
+
+
+def test_mlp_input_scale_multiplies_the_input_and_defaults_to_none():
+    torch.manual_seed(0)
+    scaled = MLPDenoiser(MLPConfig(hidden=16, num_layers=2, input_scale=3.0))
+    plain = MLPDenoiser(MLPConfig(hidden=16, num_layers=2))
+    plain.load_state_dict(scaled.state_dict())
+    x, t = torch.randn(5, 2), torch.tensor([0, 3, 10, 200, 999])
+    with torch.no_grad():
+        assert torch.equal(scaled(x, t), plain(3.0 * x, t))
+    assert MLPConfig().input_scale == 1.0 and mlp_preset("toy2d").input_scale == 1.0
+    # a stored config written before the field existed means what it meant then
+    old = {k: v for k, v in config_to_dict(MLPConfig(hidden=16)).items() if k != "input_scale"}
+    assert config_from_dict(old) == MLPConfig(hidden=16)
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="input_scale"):
+            MLPConfig(input_scale=bad)

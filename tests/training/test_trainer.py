@@ -189,6 +189,23 @@ def test_existing_run_is_not_overwritten_and_other_architecture_is_refused(tmp_p
     assert before == {p: p.read_bytes() for p in run.rglob("*.safetensors")}
 
 
+def test_resume_accepts_a_checkpoint_written_before_a_network_field_existed(tmp_path):
+    """A stored network dict without a field added later (MLPConfig.input_scale) is the same network."""
+    run = tmp_path / "run"
+    train(load_config(None, toy_sets(run, 2)), progress=False, max_steps=1)
+    (state,) = run.glob("checkpoints/*/state.json")
+    stored = json.loads(state.read_text())
+    assert stored["network"].pop("input_scale") == 1.0
+    state.write_text(json.dumps(stored))
+    assert train(load_config(None, toy_sets(run, 2)), resume=True, progress=False).step == 2
+    state = sorted(run.glob("checkpoints/*/state.json"))[-1]
+    stored = json.loads(state.read_text())
+    stored["network"]["input_scale"] = 2.0  # a value that differs is still refused
+    state.write_text(json.dumps(stored))
+    with pytest.raises(UserError, match=r"from another architecture \(differs in: input_scale\)"):
+        Trainer(load_config(None, toy_sets(run, 3)), resume=True, progress=False)
+
+
 def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path):
     run = tmp_path / "run"
     train(load_config(None, toy_sets(run, 2)), progress=False)

@@ -11,6 +11,7 @@ from .cifar import CIFAR10_CLASSES, load_cifar10_arrays
 from .dataset import DataError, Dataset, check_int_option, convert_channels, resize_images, subset_indices
 from .folder import load_image_folder_arrays
 from .idx import FASHION_MNIST_CLASSES, load_fashion_mnist_arrays
+from .passed import PASSED_NAMES
 from .toy import DEFAULT_TOY_N, TOY_SETS, make_toy
 
 SPLITS = ("train", "test")
@@ -55,6 +56,10 @@ def _normalise(name: str) -> str:
                "imagefolder": "image-folder", "folder": "image-folder", "swissroll": "swiss-roll",
                "moons": "two-moons", "8-gaussians": "8gaussians", "eight-gaussians": "8gaussians"}
     key = aliases.get(key, key)
+    if key in PASSED_NAMES:
+        raise DataError(f"data.name = {key!r} stands for data passed in Python to ddpmkit.training.train(cfg, "
+                        "data=...); it cannot be loaded by name (pass the same data again, or name a data set: "
+                        f"{', '.join(DATASETS)})")
     if key not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
     return key

@@ -34,6 +34,11 @@ class MLPConfig:
         learn_sigma: output ``2 * dim`` values (the prediction and the variance channels: the
             interpolation ``v`` for learned_range, the log-variance for learned).
         flip_sin_to_cos / freq_shift: timestep-embedding convention (see ``timestep_embedding``).
+        input_scale: ``x`` is multiplied by this before the first layer.  With PyTorch's default
+            initialisation a 2-input layer's features vary slowly over data of spread ~2, and the
+            network is slow to learn structure finer than that (the eight angular cells of
+            "8gaussians": at 1.0 it learns a ring in 1,500 steps); 3.0 learns the modes in the same
+            time.  1.0 (no scaling) is the default so that stored configs keep their meaning.
     """
 
     dim: int = 2
@@ -44,10 +49,13 @@ class MLPConfig:
     learn_sigma: bool = False
     flip_sin_to_cos: bool = False
     freq_shift: float = 1.0
+    input_scale: float = 1.0
 
     def __post_init__(self):
         if self.dim < 1 or self.hidden < 1 or self.num_layers < 1 or self.temb_dim < 4:
             raise ValueError(f"MLPConfig: dim, hidden, num_layers must be positive and temb_dim >= 4, got {self}")
+        if not (isinstance(self.input_scale, (int, float)) and 0 < self.input_scale < float("inf")):
+            raise ValueError(f"MLPConfig: input_scale must be a positive finite number, got {self.input_scale!r}")
         if self.num_classes is not None and self.num_classes < 1:
             raise ValueError(f"MLPConfig: num_classes must be None or a positive int, got {self.num_classes}")
 
@@ -68,7 +76,7 @@ def mlp_preset(name: str, **overrides) -> MLPConfig:
 
 
 class MLPDenoiser(nn.Module):
-    """``h_0 = x``; ``h_{l+1} = SiLU(Dense_l(h_l) + Dense'_l(temb))`` for ``l < num_layers``;
+    """``h_0 = input_scale * x``; ``h_{l+1} = SiLU(Dense_l(h_l) + Dense'_l(temb))`` for ``l < num_layers``;
     output ``Dense(h_L)``, where ``temb = SiLU(MLP(sinusoid(t)) [+ label_emb(y)])``."""
 
     def __init__(self, config: MLPConfig | None = None):
@@ -113,7 +121,7 @@ class MLPDenoiser(nn.Module):
                 )
             temb = temb + self.label_emb(y.long())
         temb = F.silu(temb)
-        h = x
+        h = x * cfg.input_scale if cfg.input_scale != 1.0 else x
         for layer, proj in zip(self.layers, self.temb_proj, strict=True):
             h = F.silu(layer(h) + proj(temb))
         return self.out(h)

@@ -18,7 +18,7 @@ import signal
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -29,6 +29,8 @@ from ..config import Config, apply_overrides, config_from_dict, dump_toml, load_
 from ..diffusion.losses import LossWeighting, training_losses
 from ..diffusion.timesteps import make_timestep_sampler
 from ..errors import TrainingDiverged, UserError
+from ..networks.factory import config_from_dict as network_from_dict
+from ..networks.factory import config_to_dict
 from ..networks.precision import autocast_dtype, with_autocast
 from ..runs import balanced_labels, build_model, build_process, derive_seed, pick_device, resolve_network_config
 from ..validate import check_config, create_output_dir, resume_changes
@@ -62,14 +64,36 @@ def step_seed(seed: int, step: int, stream: int = 0) -> int:
     return derive_seed(seed, step * 9_176 + stream * 7_919 + 12_345)
 
 
+def passed_data_config(cfg: Config, data) -> Config:
+    """``cfg`` with its [data] section describing ``data`` (a ``data.Dataset`` from ``data.passed.from_python``):
+    ``name`` "tensor" / "dataset", ``n`` items, ``image_size`` / ``channels`` of images (0 for points), stored
+    in memory.  A value the user set that the data contradicts is an error (the data is used as it is)."""
+    d = cfg.data
+    have = {"n": len(data), "image_size": data.image_size or 0, "channels": data.channels or 0}
+    for key, value in have.items():
+        if getattr(d, key) not in (0, value):
+            raise UserError(f"data.{key} = {getattr(d, key)} but the data passed has {value} (data passed in Python "
+                            "is used as it is: leave data.n, data.image_size and data.channels at 0)")
+    if d.data_dir or d.storage == "prepared":
+        raise UserError("data.data_dir / data.storage = 'prepared' do not apply to data passed in Python")
+    return replace(cfg, data=replace(d, name=data.name, storage="memory", **have))
+
+
 def load_training_data(cfg: Config, dist: D.DistInfo | None = None, *, progress: bool = False,
-                       log: Callable[[str], None] | None = None):
-    """The training set of ``cfg``: in memory, or a memory map of its prepared copy (built first when
-    missing or stale; under DDP by rank 0 while the other ranks wait)."""
+                       log: Callable[[str], None] | None = None, data=None):
+    """The training set of ``cfg``: ``data`` passed in Python (converted by ``data.passed.from_python``), in
+    memory, or a memory map of its prepared copy (built first when missing or stale; under DDP by rank 0
+    while the other ranks wait)."""
     from ..data import load_dataset
     from ..data import prepared as P
+    from ..data.passed import PASSED_NAMES, from_python
 
     d = cfg.data
+    if data is not None:
+        return from_python(data)
+    if d.name in PASSED_NAMES:
+        raise UserError(f"data.name = {d.name!r}: this run trained on data passed in Python; continue it with "
+                        "ddpmkit.training.train(cfg, data=<the same data>, resume=True), or name a data set")
     try:
         if P.resolve_storage(d.name, d.storage) == "memory":
             return load_dataset(d.name, data_dir=d.data_dir or None, split="train", image_size=d.image_size or None,
@@ -98,8 +122,19 @@ class TrainResult:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, *, resume: bool = False, progress: bool = True,
+    """``data``: a tensor or ``torch.utils.data.Dataset`` to train on instead of ``cfg.data.name`` (see
+    ``data.passed``); the stored config then says ``data.name = "tensor"`` / ``"dataset"``, and resuming
+    needs the same data passed again (checked by its sha256)."""
+
+    def __init__(self, cfg: Config, *, data=None, resume: bool = False, progress: bool = True,
                  log: Callable[[str], None] | None = None):
+        self._data_sha256 = None
+        if data is not None:
+            from ..data.passed import fingerprint, from_python
+
+            data = from_python(data)
+            cfg = passed_data_config(cfg, data)
+            self._data_sha256 = fingerprint(data)
         self.cfg = cfg
         self.log_fn = log or logger.info  # messages go to logging (the CLI shows them above the progress bar)
         self.progress = progress
@@ -115,7 +150,7 @@ class Trainer:
         t = cfg.train
         self._check_train_section()
         self.data = load_training_data(cfg, self.dist, progress=progress and self.dist.is_main,
-                                       log=self.log_fn if self.dist.is_main else (lambda _msg: None))
+                                       log=self.log_fn if self.dist.is_main else (lambda _msg: None), data=data)
         self._perm: tuple[int, torch.Tensor] | None = None  # (epoch, permutation) of the last epoch drawn
         self._prefetcher: Prefetcher | None = None
         if cfg.data.class_conditional and not self.data.num_classes:
@@ -181,11 +216,18 @@ class Trainer:
         except UserError as e:
             raise UserError(f"--resume: the config stored in {ckpt.path}: {e}") from None
         changes = resume_changes(stored, self.cfg.to_dict())
+        if ckpt.extra.get("data_sha256") != self._data_sha256:
+            raise UserError(f"--resume: checkpoint {ckpt.path} was trained on other data than the data passed now "
+                            "(resuming needs the same tensor or dataset passed again); nothing was overwritten")
         if changes and self.dist.is_main:
             self.log_fn(f"resuming with changed settings: {', '.join(changes)}")
-        if ckpt.network != self.network_config:
-            diff = sorted(k for k in set(ckpt.network) | set(self.network_config)
-                          if ckpt.network.get(k) != self.network_config.get(k))
+        try:  # the stored dict with the defaults of fields added since it was written
+            stored_net = config_to_dict(network_from_dict(ckpt.network))
+        except (ValueError, TypeError):
+            stored_net = ckpt.network
+        if stored_net != self.network_config:
+            diff = sorted(k for k in set(stored_net) | set(self.network_config)
+                          if stored_net.get(k) != self.network_config.get(k))
             raise UserError(f"checkpoint {ckpt.path} is from another architecture (differs in: "
                             f"{', '.join(diff)}); nothing was overwritten")
         try:
@@ -356,7 +398,8 @@ class Trainer:
                           model=self.model.state_dict(), ema=self.ema.state_dict(),
                           optimizer=self.optimizer.state_dict(),
                           extra={"ema_updates": self.ema.num_updates, "window": self.window,
-                                 "world_size": self.dist.world_size},
+                                 "world_size": self.dist.world_size,
+                                 **({"data_sha256": self._data_sha256} if self._data_sha256 else {})},
                           extra_tensors=extra_tensors)
         return ckpt
 
@@ -476,8 +519,12 @@ class Trainer:
                            main_process=self.dist.is_main)
 
 
-def train(cfg: Config, *, resume: bool = False, progress: bool = True, max_steps: int | None = None) -> TrainResult:
-    trainer = Trainer(cfg, resume=resume, progress=progress)
+def train(cfg: Config, *, data=None, resume: bool = False, progress: bool = True,
+          max_steps: int | None = None) -> TrainResult:
+    """Train ``cfg`` (see :class:`Trainer`); ``data`` a tensor (N, C, H, W) uint8 or float in [-1, 1], (N, D)
+    points, or a ``torch.utils.data.Dataset`` of such items or (item, label) pairs, instead of ``cfg.data.name``.
+    ``resume=True`` continues ``cfg.run.out_dir`` bit for bit (with data passed: the same data again)."""
+    trainer = Trainer(cfg, data=data, resume=resume, progress=progress)
     try:
         return trainer.train(max_steps=max_steps)
     finally:
