@@ -20,7 +20,8 @@ on this machine (``benchmarks/unet_speed.py --profile`` writes it to ``$DDPMKIT_
 ``~/.cache/ddpmkit/cpu_fast.json``, keyed by CPU vendor/family/model and torch version) or, without
 one, :data:`DEFAULT_PATHS`: the paths that gained on every CPU family measured so far (docs/unet.md
 has the numbers).  A path is kept in a profile only when it makes a whole training or sampling step
-at least :data:`MIN_GAIN` faster on some preset and slows none by more than 1 %.
+at least :data:`MIN_GAIN` faster on some preset and slows none by more than :data:`MAX_LOSS`
+(judged only on the steps where it runs: :data:`TRAINING_ONLY` paths on training steps).
 
 **One gate.**  :func:`use` is the only test the layers make before a fast path: the path is enabled
 and the input is an eager CPU tensor (not CUDA or another device, not under CPU autocast, not
@@ -42,10 +43,15 @@ import torch
 from ..errors import UserError
 
 PATHS = ("conv_weight_grad", "groupnorm_sums", "dropout_bits", "upsample_transposed")
-# Kept on every CPU family measured (docs/unet.md, "CPU speed paths"): the old AMD EPYC without
-# AVX-512 and the AMD EPYC Zen 4 with AVX-512 + AVX512_BF16.
-DEFAULT_PATHS = frozenset({"conv_weight_grad", "upsample_transposed"})
+# The paths kept on every CPU family measured (docs/unet.md, "The CPU speed paths"): none.  The old
+# AMD EPYC without AVX-512 kept conv_weight_grad and upsample_transposed; the AMD EPYC Zen 4 with
+# AVX-512 kept groupnorm_sums and dropout_bits, and conv_weight_grad made its training steps slower.
+# So without a profile of this machine every layer runs torch's own op.
+DEFAULT_PATHS: frozenset[str] = frozenset()
+TRAINING_ONLY = frozenset({"conv_weight_grad", "dropout_bits"})  # never run in an eval-mode / no-grad forward
 MIN_GAIN = 0.03
+MAX_LOSS = 0.02  # run-to-run noise of a whole step on a quiet 2-core machine: a path that does not run in
+                 # a mode (dropout in inference) measures 0.99-1.01 there
 ENV = "DDPMKIT_CPU_FAST"
 
 _override: frozenset[str] | None = None
@@ -197,5 +203,6 @@ def save_profile(kept: list[str], measurements: dict) -> Path:
     return path
 
 
-__all__ = ["PATHS", "DEFAULT_PATHS", "MIN_GAIN", "ENV", "parse_spec", "cpu_identity", "profile_key", "profile_path",
-           "active", "source", "enabled", "set_paths", "paths", "eager_cpu", "use", "save_profile"]
+__all__ = ["PATHS", "DEFAULT_PATHS", "TRAINING_ONLY", "MIN_GAIN", "MAX_LOSS", "ENV", "parse_spec", "cpu_identity",
+           "profile_key", "profile_path", "active", "source", "enabled", "set_paths", "paths", "eager_cpu", "use",
+           "save_profile"]
