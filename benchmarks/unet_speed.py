@@ -163,15 +163,18 @@ class Case:
         with torch.no_grad():
             self.forward()
 
+    def active_paths(self) -> frozenset[str]:
+        return self.paths if self.paths is not None else cpu_fast.active()
+
     def run(self, mode: str):
         self.model.train(mode == "train")
-        with cpu_fast.paths(self.paths if self.paths is not None else cpu_fast.active()):
+        with cpu_fast.paths(self.active_paths()):
             return self.train_step() if mode == "train" else self.infer()
 
     def flops(self, mode: str, *, model_flops: bool = True) -> int:
         """FLOPs of one run: the model's (every Upsample as interpolation + 3x3 conv), or those executed."""
         self.model.train(mode == "train")
-        on = self.paths if self.paths is not None else cpu_fast.active()
+        on = self.active_paths()
         with cpu_fast.paths(set(on) - {"upsample_transposed"} if model_flops else on):
             with FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS) as counter:
                 if mode == "train":

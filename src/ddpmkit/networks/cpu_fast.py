@@ -146,11 +146,7 @@ def set_paths(spec: str | frozenset[str] | set[str] | None) -> None:
     """Choose the paths for this process: a spec string, a set of names, or None (back to auto)."""
     global _override
     if isinstance(spec, str):
-        spec = parse_spec(spec)
-        if spec is None:
-            _override = None
-            _profiled.cache_clear()
-            return
+        spec = parse_spec(spec)  # "auto" -> None
     if spec is not None:
         unknown = set(spec) - set(PATHS)
         if unknown:
