@@ -21,7 +21,7 @@ from .diffusion.parameterization import LEARNED_VARIANCES
 from .errors import UserError
 from .networks.factory import build_network, config_to_dict, network_config
 from .networks.factory import config_from_dict as network_from_dict
-from .networks.precision import autocast_dtype, with_autocast
+from .networks.precision import autocast_dtype, layout_for, with_autocast
 from .samplers import default_steps, sample, sampling_process
 
 
@@ -246,18 +246,19 @@ def generate(model: nn.Module, process: GaussianDiffusion, n: int, item_shape: t
     outs, was_training = [], model.training
     model.eval()
     try:
-        for start in range(0, n, batch_size):
-            xb = x_T[start:start + batch_size].to(device)
-            b = xb.shape[0]
-            yb = None
-            if labels is not None:
-                yb = (labels.expand(b) if labels.numel() == 1 else labels[start:start + b]).to(device)
-            gen = generator
-            if gen is None:
-                gen = torch.Generator(device=torch.device(device)).manual_seed(derive_seed(seed, start))
-            outs.append(sample(sampler, model_fn, process, xb, steps=steps, spacing=spacing, generator=gen,
-                               clip_x0=clip_x0, guidance=guidance, y=yb, callback=callback, progress=progress,
-                               **options).cpu())
+        with layout_for(model, device, amp_dtype):  # NCHW under CPU bf16 (networks/precision.py)
+            for start in range(0, n, batch_size):
+                xb = x_T[start:start + batch_size].to(device)
+                b = xb.shape[0]
+                yb = None
+                if labels is not None:
+                    yb = (labels.expand(b) if labels.numel() == 1 else labels[start:start + b]).to(device)
+                gen = generator
+                if gen is None:
+                    gen = torch.Generator(device=torch.device(device)).manual_seed(derive_seed(seed, start))
+                outs.append(sample(sampler, model_fn, process, xb, steps=steps, spacing=spacing, generator=gen,
+                                   clip_x0=clip_x0, guidance=guidance, y=yb, callback=callback, progress=progress,
+                                   **options).cpu())
     finally:
         model.train(was_training)
     return torch.cat(outs)

@@ -222,3 +222,23 @@ def test_weights_are_channels_last_and_state_dict_round_trips(tmp_path):
     with torch.no_grad():
         other.state_dict()["conv_in.weight"].zero_()
     assert torch.count_nonzero(other.conv_in.weight) == 0
+
+
+def test_set_channels_last_relays_out_the_same_parameters_and_keeps_the_function():
+    """Switching the layout re-lays out every conv weight in place (same Parameter objects, so an
+    optimizer built before still holds them), switches the forward's layout, and changes the output
+    only by float rounding (checked in float64, where the two layouts agree to 1e-12)."""
+    net = randomized(UNet(TINY)).double().eval()
+    params = list(net.parameters())
+    x, t = torch.randn(2, TINY.in_channels, 8, 8, dtype=torch.float64), torch.tensor([3, 7])
+    with torch.no_grad():
+        out_cl = net(x, t)
+        net.set_channels_last(False)
+        out_plain = net(x, t)
+    assert net.channels_last is False and net.config.channels_last is True  # the config records the start
+    assert all(a is b for a, b in zip(params, net.parameters(), strict=True))
+    assert net.conv_in.weight.is_contiguous() and not net.conv_in.weight.is_contiguous(
+        memory_format=torch.channels_last)
+    torch.testing.assert_close(out_plain, out_cl, rtol=0, atol=1e-12)
+    net.set_channels_last(True)
+    assert net.channels_last and net.conv_in.weight.is_contiguous(memory_format=torch.channels_last)

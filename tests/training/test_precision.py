@@ -95,3 +95,40 @@ def test_bf16_sampling_is_close_to_fp32_and_float32(tmp_path):
     assert x16.dtype == torch.float32 and x16.shape == x32.shape
     assert not torch.equal(x16, x32)
     assert (x16 - x32).abs().max() < 0.1  # bf16 rounding of a 4-step DDIM run, pixels in [-1, 1]
+
+
+def test_layout_goes_nchw_under_cpu_bf16_only_and_comes_back():
+    from ddpmkit.networks import UNet, UNetConfig
+
+    assert P.channels_last_for("cpu", torch.bfloat16) is False
+    assert P.channels_last_for("cpu", None) is None and P.channels_last_for("cuda:0", torch.bfloat16) is None
+    assert P.channels_last_for("cuda", torch.float16) is None
+    net = UNet(UNetConfig(in_channels=1, image_size=8, ch=8, ch_mult=(1, 2), num_res_blocks=1,
+                          attn_resolutions=(), norm_groups=4))
+    assert net.channels_last
+    with P.layout_for(net, "cpu", torch.bfloat16):
+        assert not net.channels_last and net.conv_in.weight.is_contiguous()
+    assert net.channels_last and net.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(RuntimeError, match="inside"), P.layout_for(net, "cpu", torch.bfloat16):
+        raise RuntimeError("inside")
+    assert net.channels_last  # restored after an error too
+    assert P.use_layout_for(net, "cpu", None) is None and net.channels_last  # fp32: its own layout
+    assert P.use_layout_for(net, "cpu", torch.bfloat16) is True and not net.channels_last
+    assert P.use_layout_for(net, "cpu", torch.bfloat16) is None  # already there
+    lin = torch.nn.Linear(2, 2)  # a network without set_channels_last is left alone
+    assert P.use_layout_for(lin, "cpu", torch.bfloat16) is None
+
+
+@needs_bf16
+def test_bf16_training_and_sampling_run_the_unet_in_nchw_and_sampling_restores_its_layout(tmp_path):
+    from ddpmkit.training.trainer import Trainer
+
+    cfg = load_config(ROOT / "configs" / "digits.toml", _sets(tmp_path / "run", 2, "bf16"))
+    trainer = Trainer(cfg, progress=False)
+    assert trainer.model.channels_last is False and trainer.ema.module.channels_last is False
+    assert all(p.is_contiguous() for p in trainer.model.parameters())
+    trainer.train()
+    run = load_run(tmp_path / "run")
+    assert run.model.channels_last  # a loaded model starts in its config's layout
+    generate(run.model, run.process, 2, run.item_shape, sampler="ddim", steps=2, precision="bf16")
+    assert run.model.channels_last

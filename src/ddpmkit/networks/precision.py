@@ -6,11 +6,16 @@ parameters, AdamW's state, the float64 schedules, the losses and the samplers' a
 full precision.  bf16 runs on CUDA and on CPUs with native bf16 instructions (AVX512_BF16 or AMX,
 as oneDNN reports them); elsewhere it falls back to fp32 with one line saying so.  fp16 is CUDA only
 (with the trainer's GradScaler).
+
+The memory layout goes with the precision (:func:`layout_for`): under CPU bf16 autocast a network
+that can switch (the U-Net's ``set_channels_last``) runs in NCHW, since oneDNN's NCHW bf16
+convolutions were faster than its channels_last ones at every benchmark shape measured
+(docs/unet.md); everywhere else it keeps its own layout.
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -45,6 +50,34 @@ def autocast_dtype(precision: str, device: torch.device | str) -> tuple[torch.dt
     return None, f"precision {precision}: autocast in {precision} applies on CUDA only; running in fp32 on {kind}"
 
 
+def channels_last_for(device: torch.device | str, dtype: torch.dtype | None) -> bool | None:
+    """The layout a switchable network should run in under this autocast dtype: False (NCHW) for
+    bf16 on CPU, None (its own choice) otherwise."""
+    return False if dtype == torch.bfloat16 and torch.device(device).type == "cpu" else None
+
+
+def use_layout_for(model, device: torch.device | str, dtype: torch.dtype | None) -> bool | None:
+    """Switch ``model`` to the layout :func:`channels_last_for` picks, if it can switch and is not in it
+    already; returns the layout it had (``channels_last``), or None when nothing changed.  Call it
+    before an optimizer is built on the weights (the trainer does)."""
+    want, had = channels_last_for(device, dtype), getattr(model, "channels_last", None)
+    if want is None or had is None or want == had or not hasattr(model, "set_channels_last"):
+        return None
+    model.set_channels_last(want)
+    return had
+
+
+@contextmanager
+def layout_for(model, device: torch.device | str, dtype: torch.dtype | None):
+    """The block runs with ``model`` in the layout for this precision; its own comes back afterwards."""
+    had = use_layout_for(model, device, dtype)
+    try:
+        yield model
+    finally:
+        if had is not None:
+            model.set_channels_last(had)
+
+
 def autocast(device: torch.device | str, dtype: torch.dtype | None):
     """``torch.autocast`` for ``dtype`` on ``device``'s kind, or a no-op context for None."""
     if dtype is None:
@@ -68,4 +101,5 @@ def with_autocast(model_fn, device: torch.device | str, dtype: torch.dtype | Non
     return fn
 
 
-__all__ = ["PRECISIONS", "PRECISION_HELP", "cpu_has_native_bf16", "autocast_dtype", "autocast", "with_autocast"]
+__all__ = ["PRECISIONS", "PRECISION_HELP", "cpu_has_native_bf16", "autocast_dtype", "channels_last_for",
+           "use_layout_for", "layout_for", "autocast", "with_autocast"]

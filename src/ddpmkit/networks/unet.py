@@ -322,11 +322,24 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(cur, cfg.out_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
-        if cfg.channels_last:
-            # Convolution weights in channels_last too: otherwise oneDNN re-lays out every weight on every
-            # call and copies every weight gradient back (measured: ~3% of a CIFAR-10 training step).
-            # state_dict() tensors are then channels_last-strided views; save them with .contiguous().
-            self.to(memory_format=torch.channels_last)
+        self.channels_last = False
+        self.set_channels_last(cfg.channels_last)
+
+    def set_channels_last(self, on: bool) -> None:
+        """Run the forward (and lay out the convolution weights) in channels_last (True) or NCHW (False).
+
+        A speed choice only: the function is the same up to float rounding. ``config.channels_last``
+        is the layout a new network starts with; :func:`ddpmkit.networks.precision.layout_for` switches
+        it where a precision runs faster in the other one. The weights move with the input: otherwise
+        oneDNN re-lays out every weight on every call and copies every weight gradient back (measured:
+        ~3 % of a CIFAR-10 training step), and a channels_last weight alone makes oneDNN compute in
+        channels_last. state_dict() tensors may then be channels_last-strided views; save them with
+        .contiguous(). Call it before an optimizer is built on the parameters.
+        """
+        on = bool(on)
+        if on != self.channels_last:
+            self.to(memory_format=torch.channels_last if on else torch.contiguous_format)
+            self.channels_last = on
 
     # ------------------------------------------------------------------------------------------------
     @property
@@ -379,7 +392,7 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None) -> torch.Tensor:
         t, y = self._check_inputs(x, t, y)
         temb = self.time_embedding(t, y)
-        if self.config.channels_last:
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
 
         h = self.conv_in(x)

@@ -31,7 +31,7 @@ from ..diffusion.timesteps import make_timestep_sampler
 from ..errors import TrainingDiverged, UserError
 from ..networks.factory import config_from_dict as network_from_dict
 from ..networks.factory import config_to_dict
-from ..networks.precision import autocast_dtype, with_autocast
+from ..networks.precision import autocast_dtype, use_layout_for, with_autocast
 from ..runs import balanced_labels, build_model, build_process, derive_seed, pick_device, resolve_network_config
 from ..validate import check_config, create_output_dir, resume_changes
 from . import distributed as D
@@ -158,6 +158,12 @@ class Trainer:
         self.process = build_process(cfg.diffusion, self.device)
         self.network_config = resolve_network_config(cfg, tuple(self.data.shape), self.data.num_classes)
         self.model = build_model(self.network_config, seed=cfg.run.seed).to(self.device)
+        # The network's forward runs under autocast (bf16 on CUDA or a CPU with native bf16, fp16 on
+        # CUDA); weights, AdamW state and the loss stay fp32.  fp16 needs loss scaling against gradient
+        # underflow; bf16 and fp32 do not.  The layout that precision runs fastest in is set before the
+        # EMA copy and the optimizer are made from the weights (networks/precision.py).
+        self.amp_dtype, fallback = autocast_dtype(t.precision, self.device)
+        use_layout_for(self.model, self.device, self.amp_dtype)
         self.ema = EMA(self.model, t.ema_decay, t.ema_warmup, kind=t.ema, sigma_rel=t.ema_std)
         # fused AdamW: one kernel for all parameters (about 2x faster optimizer steps on CPU here)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=tuple(t.adam_betas),
@@ -186,10 +192,6 @@ class Trainer:
         if self.dist.enabled:
             self.ddp = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        # The network's forward runs under autocast (bf16 on CUDA or a CPU with native bf16, fp16 on
-        # CUDA); weights, AdamW state and the loss stay fp32.  fp16 needs loss scaling against gradient
-        # underflow; bf16 and fp32 do not.
-        self.amp_dtype, fallback = autocast_dtype(t.precision, self.device)
         if fallback is not None and self.dist.is_main:
             self.log_fn(f"train.{fallback}")
         self.scaler = None
