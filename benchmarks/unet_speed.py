@@ -27,15 +27,18 @@ different implementations compare as their img/s do (like "model FLOPs utilizati
 Rows with ``impl=ours`` run our network with the CPU speed paths this machine keeps
 (``ddpmkit.networks.cpu_fast``; the JSON records which and where the choice came from); ``ours-all``
 and ``ours-none`` with every path on / off, and ``ours-no-PATH`` with one path off, for A/Bs in one run.
+Our bf16 rows run in the layout the library picks for bf16 (``precision.use_layout_for``: NCHW on CPU);
+``ours-nchw`` runs NCHW in every precision, ``ours-cl`` channels_last in every precision.
 Rows with ``impl=diffusers`` run diffusers' ``UNet2DModel`` built from the same architecture (the config
 our exporter writes), in the same process right after ours (diffusers is installed by ``make setup``).
 ``--precision fp32 bf16`` adds rows under ``torch.autocast("cpu", dtype=torch.bfloat16)`` for every impl
 (fp32 weights and AdamW state, the MSE in fp32); their FLOP fractions are still against the fp32 ceiling.
 
-``--profile`` measures, for each case and mode, a whole training step / forward with all paths on against
-the same with one path off (interleaved runs), keeps each path that makes some step at least
-``cpu_fast.MIN_GAIN`` (3 %) faster and none more than ``cpu_fast.MAX_LOSS`` (2 %, the run-to-run noise
-of a whole step here) slower, and writes that choice to the per-machine
+``--profile`` measures, for each case and mode, a whole training step / forward with each path on alone
+against the same with none (torch's ops), interleaved with an A/A control (none against none), keeps each
+path that makes some step at least ``cpu_fast.MIN_GAIN`` (3 %) faster and none slower by more than
+``cpu_fast.MAX_LOSS`` (2 %) or the A/A noise of the run, whichever is larger (``cpu_fast.keep_paths``),
+and writes that choice to the per-machine
 cache that ``cpu_fast``'s ``auto`` mode reads (keyed by CPU model and torch version).
 """
 
@@ -60,6 +63,7 @@ from _machine import cpu_info  # noqa: E402
 
 from ddpmkit.networks import UNet, cpu_fast, maybe_compile, unet_preset  # noqa: E402
 from ddpmkit.networks.convert_diffusers import unet_config_to_diffusers  # noqa: E402
+from ddpmkit.networks.precision import use_layout_for  # noqa: E402
 
 aten = torch.ops.aten
 
@@ -136,8 +140,10 @@ class Case:
     """One model + batch: builds the callables for a training step and an inference forward."""
 
     def __init__(self, model, cfg, batch: int, seed: int = 0, is_diffusers: bool = False,
-                 precision: str = "fp32", paths=None):
+                 precision: str = "fp32", paths=None, library_layout: bool = True):
         g = torch.Generator().manual_seed(seed)
+        if library_layout and precision == "bf16":  # the layout the trainer and samplers use under bf16
+            use_layout_for(model, "cpu", torch.bfloat16)
         self.precision = precision
         self.paths = paths  # the cpu_fast paths this case runs with (None: the machine's choice)
         size = cfg.image_size
@@ -195,7 +201,7 @@ def make_adamw(model):
 
 def impl_paths(impl: str):
     """The cpu_fast paths an ``ours*`` impl runs with (None: the machine's own choice)."""
-    if impl in ("ours", "ours-nchw", "ours+compile", "diffusers"):
+    if impl in ("ours", "ours-nchw", "ours-cl", "ours+compile", "diffusers"):
         return None
     if impl == "ours-all":
         return frozenset(cpu_fast.PATHS)
@@ -221,15 +227,20 @@ def build(impl: str, preset: str):
 
 
 def profile(cases, repeats: int) -> dict:
-    """Whole-step A/B of every path (all on vs that one off), interleaved; returns the kept paths and
-    the median ratios (time with the path off / time with all on; > 1 means the path helps)."""
+    """Whole-step A/B of every path on its own against none (torch's ops), interleaved, with an A/A
+    control (none against none) for the noise; returns the kept paths (``cpu_fast.keep_paths``), the
+    median ratios (time without the path / time with it alone; > 1 means the path helps) and the
+    A/A ratios.  Each path alone, not all-on minus one: a path that slows a step would otherwise sit
+    in every baseline and tilt the others' verdicts (it did on the AMX Xeon)."""
     ratios: dict = {p: {} for p in cpu_fast.PATHS}
+    control: dict = {}
+    none = frozenset()
     for preset, batch, modes in cases:
         model, cfg, _ = build("ours", preset)
         case = Case(model, cfg, batch)
         for mode in modes:
             judged = [p for p in cpu_fast.PATHS if mode == "train" or p not in cpu_fast.TRAINING_ONLY]
-            variants = [frozenset(cpu_fast.PATHS)] + [frozenset(cpu_fast.PATHS) - {p} for p in judged]
+            variants = [none, none] + [frozenset({p}) for p in judged]  # the second `none` is the A/A control
             secs = [[] for _ in variants]
             for v in variants:  # warm-up
                 case.paths = v
@@ -240,14 +251,16 @@ def profile(cases, repeats: int) -> dict:
                     start = time.perf_counter()
                     case.run(mode)
                     secs[k].append(time.perf_counter() - start)
-            for k, p in enumerate(judged, start=1):  # a path judged only on the steps where it runs
-                r = statistics.median(off / on for off, on in zip(secs[k], secs[0], strict=True))
-                ratios[p][f"{preset} {mode} b{batch}"] = r
-                print(f"  {preset:14} {mode:5} b{batch:<4} without {p:20} {r:6.3f}x the time", flush=True)
+            step = f"{preset} {mode} b{batch}"
+            control[step] = statistics.median(a / b for a, b in zip(secs[1], secs[0], strict=True))
+            print(f"  {step:26} A/A control (none vs none)      {control[step]:6.3f}x the time", flush=True)
+            for k, p in enumerate(judged, start=2):  # a path judged only on the steps where it runs
+                r = statistics.median(off / on for off, on in zip(secs[0], secs[k], strict=True))
+                ratios[p][step] = r
+                print(f"  {step:26} without {p:20}    {r:6.3f}x the time with it", flush=True)
         del case, model
-    kept = [p for p in cpu_fast.PATHS
-            if max(ratios[p].values()) >= 1 + cpu_fast.MIN_GAIN and min(ratios[p].values()) >= 1 - cpu_fast.MAX_LOSS]
-    return {"kept": kept, "ratios": ratios}
+    noise = max(abs(1 - r) for r in control.values())
+    return {"kept": cpu_fast.keep_paths(ratios, noise), "ratios": ratios, "aa_control": control, "noise": noise}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -266,7 +279,7 @@ def main(argv=None):
         "--impl",
         nargs="*",
         default=None,
-        help="ours ours-nchw ours-all ours-none " + " ".join(f"ours-no-{p}" for p in cpu_fast.PATHS)
+        help="ours ours-nchw ours-cl ours-all ours-none " + " ".join(f"ours-no-{p}" for p in cpu_fast.PATHS)
         + " diffusers (default: ours diffusers)",
     )
     p.add_argument("--precision", nargs="*", default=["fp32"], choices=["fp32", "bf16"],
@@ -285,7 +298,8 @@ def main(argv=None):
               f"threads={args.threads}, {repeats} interleaved runs each")
         found = profile(cases, repeats)
         path = cpu_fast.save_profile(found["kept"], {"threads": args.threads, "repeats": repeats,
-                                                     "time_off_over_time_all_on": found["ratios"]})
+                                                     "time_without_over_time_with_alone": found["ratios"],
+                                                     "aa_control": found["aa_control"], "noise": found["noise"]})
         print(f"kept: {', '.join(found['kept']) or 'none'}  (written to {path})")
         out = Path(args.out).with_name("cpu_fast_profile.json")
         result = dict(torch=torch.__version__, threads=args.threads, repeats=repeats, cpu=cpu_info(),
@@ -312,7 +326,8 @@ def main(argv=None):
         for impl in impls:
             base_impl = "ours" if impl == "ours+compile" else impl
             model, cfg, is_diff = build(base_impl, preset)
-            case = Case(model, cfg, batch, is_diffusers=is_diff, precision=precision, paths=impl_paths(impl))
+            case = Case(model, cfg, batch, is_diffusers=is_diff, precision=precision, paths=impl_paths(impl),
+                        library_layout=impl != "ours-cl")
             flops = {m: case.flops(m) for m in modes}
             executed = {m: case.flops(m, model_flops=False) for m in modes}
             if impl == "ours+compile":
