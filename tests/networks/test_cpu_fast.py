@@ -36,6 +36,23 @@ def test_specs():
     assert cpu_fast.DEFAULT_PATHS <= set(cpu_fast.PATHS)
 
 
+def test_the_profile_rule_gain_loss_and_noise():
+    """keep_paths: some step >= MIN_GAIN faster and none > MAX_LOSS slower; both bounds rise to the
+    run's A/A noise when that is larger; a path with no measured step is not kept."""
+    g, l = cpu_fast.MIN_GAIN, cpu_fast.MAX_LOSS
+    ratios = {
+        "conv_weight_grad": {"a": 1 + g, "b": 1 - l},            # on both edges: kept
+        "groupnorm_sums": {"a": 1 + g - 1e-9, "b": 1.0},          # gain just short: dropped
+        "dropout_bits": {"a": 1.10, "b": 1 - l - 1e-9},           # loses a bit too much: dropped
+        "upsample_transposed": {},                                # never ran: dropped
+    }
+    assert cpu_fast.keep_paths(ratios) == ["conv_weight_grad"]
+    # noise above both bounds: dropout's loss is now within it, and conv's 3 % gain is not beyond it
+    assert cpu_fast.keep_paths(ratios, noise=g + 0.005) == ["dropout_bits"]
+    assert cpu_fast.keep_paths({"dropout_bits": {"a": 1.04}}, noise=0.05) == []
+    assert cpu_fast.keep_paths({"dropout_bits": {"a": 1.06, "b": 0.96}}, noise=0.05) == ["dropout_bits"]
+
+
 def test_precedence_override_then_env_then_profile_then_defaults(monkeypatch):
     assert cpu_fast.active() == cpu_fast.DEFAULT_PATHS and cpu_fast.source() == "defaults"
     path = cpu_fast.save_profile(["groupnorm_sums"], {"note": "test"})

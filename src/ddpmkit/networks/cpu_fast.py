@@ -21,7 +21,8 @@ on this machine (``benchmarks/unet_speed.py --profile`` writes it to ``$DDPMKIT_
 one, :data:`DEFAULT_PATHS`: the paths that gained on every CPU family measured so far (docs/unet.md
 has the numbers).  A path is kept in a profile only when it makes a whole training or sampling step
 at least :data:`MIN_GAIN` faster on some preset and slows none by more than :data:`MAX_LOSS`
-(judged only on the steps where it runs: :data:`TRAINING_ONLY` paths on training steps).
+or the run's own noise (:func:`keep_paths`; each path is timed alone against torch's ops, and judged
+only on the steps where it runs: :data:`TRAINING_ONLY` paths on training steps).
 
 **One gate.**  :func:`use` is the only test the layers make before a fast path: the path is enabled
 and the input is an eager CPU tensor (not CUDA or another device, not under CPU autocast, not
@@ -180,6 +181,18 @@ def use(name: str, x: torch.Tensor) -> bool:
     return enabled(name) and eager_cpu(x)
 
 
+def keep_paths(ratios: dict[str, dict[str, float]], noise: float = 0.0) -> list[str]:
+    """The profile's rule.  ``ratios[path][step]`` = time of that whole step without the path / with it
+    (> 1: the path helps), over the steps where the path runs; ``noise`` = how far from 1 the same
+    variant measured against itself reads (the A/A control of the same run).  A path is kept when some
+    step gains at least :data:`MIN_GAIN` and no step loses more than :data:`MAX_LOSS`, each bound raised
+    to the noise where that is larger: what the machine cannot tell from nothing neither keeps nor
+    drops a path."""
+    gain, loss = max(MIN_GAIN, noise), max(MAX_LOSS, noise)
+    return [p for p in PATHS if ratios.get(p)
+            and max(ratios[p].values()) >= 1 + gain and min(ratios[p].values()) >= 1 - loss]
+
+
 def save_profile(kept: list[str], measurements: dict) -> Path:
     """Record the paths kept on this machine (and the whole-step measurements behind them)."""
     path = profile_path()
@@ -201,4 +214,4 @@ def save_profile(kept: list[str], measurements: dict) -> Path:
 
 __all__ = ["PATHS", "DEFAULT_PATHS", "TRAINING_ONLY", "MIN_GAIN", "MAX_LOSS", "ENV", "parse_spec", "cpu_identity",
            "profile_key", "profile_path", "active", "source", "enabled", "set_paths", "paths", "eager_cpu", "use",
-           "save_profile"]
+           "keep_paths", "save_profile"]
