@@ -20,7 +20,9 @@ decays over ``train.steps``: set it (``--set train.steps=N``) to the steps the b
 schedule is cut off where the budget ends.  Training stops early when it reaches ``train.steps``.
 
 A rerun with the same --runs/--name continues: finished stretches and evaluations are reused (the JSON
-records the cumulative wall time).  --tiny is a dry run of the whole pipeline in seconds (digits, the
+records the cumulative wall time); Ctrl-C or SIGTERM stops the whole benchmark at a checkpoint (a signal
+ends the trainer's stretch cleanly; it is not taken for a budget mark), and the same command continues
+that stretch with the budget that was left.  --tiny is a dry run of the whole pipeline in seconds (digits, the
 tiny U-Net, T = 20, 2 x 1.2 s of training, 24 samples).  Writes --json (default
 benchmarks/results/quality_per_hour_<name>.json; --tiny writes only an explicit --json).
 """
@@ -74,20 +76,29 @@ def train_for_budget(cfg, run_dir: Path, budget_marks: list[float], log) -> list
     from ddpmkit.training.trainer import Trainer
 
     record_file, config_file = run_dir / "qph_train.json", run_dir / "qph_config.json"
+    partial_file = run_dir / "qph_partial.json"  # training seconds of a stretch cut short by Ctrl-C / SIGTERM
     records = json.loads(record_file.read_text()) if record_file.exists() else []
-    if not records and (run_dir / "checkpoints").is_dir():
+    partial = json.loads(partial_file.read_text()) if partial_file.exists() else None
+    if not records and partial is None and (run_dir / "checkpoints").is_dir():
         raise SystemExit(f"{run_dir} holds a run not recorded by this script; remove it or pick another --name")
     if records and json.loads(config_file.read_text()) != cfg.to_dict():
         raise SystemExit(f"{run_dir} was trained with another config (see {config_file}); a recipe continues only "
                          "with the same --config and --set values: pick another --name")
     config_file.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    seconds = records[-1]["train_seconds"] if records else 0.0
+    seconds = partial["train_seconds"] if partial else records[-1]["train_seconds"] if records else 0.0
+    started = bool(records) or partial is not None
     for mark in budget_marks[len(records):]:
         if records and records[-1]["finished"]:
             break
-        trainer = Trainer(cfg, resume=bool(records), progress=False, log=log)
+        trainer = Trainer(cfg, resume=started, progress=False, log=log)
         remaining = mark * 60.0 - seconds
-        timer = threading.Timer(max(remaining, 0.0), trainer.request_stop)
+        at_mark = threading.Event()
+
+        def stop_at_mark(trainer=trainer, at_mark=at_mark):
+            at_mark.set()
+            trainer.request_stop()
+
+        timer = threading.Timer(max(remaining, 0.0), stop_at_mark)
         tick = time.perf_counter()
         timer.start()
         try:
@@ -95,6 +106,12 @@ def train_for_budget(cfg, run_dir: Path, budget_marks: list[float], log) -> list
         finally:
             timer.cancel()
         seconds += time.perf_counter() - tick
+        started = True
+        if not at_mark.is_set() and result.step < cfg.train.steps:  # the trainer's clean stop on a signal
+            partial_file.write_text(json.dumps({"train_seconds": seconds, "step": result.step}) + "\n")
+            raise SystemExit(f"stopped at step {result.step}, {seconds:.1f} s into the budget (checkpoint saved); "
+                             "the same command continues from there")
+        partial_file.unlink(missing_ok=True)
         kept = find_checkpoint(run_dir)   # train.keep_checkpoints = 0: every mark's checkpoint stays
         row = last_logged(run_dir)
         records.append({"minutes": mark, "step": result.step, "images_seen": result.step * cfg.train.batch_size,

@@ -51,3 +51,30 @@ def test_quality_per_hour_tiny_trains_to_each_mark_and_scores_every_checkpoint(q
     assert again["checkpoints"] == rows
     with pytest.raises(SystemExit, match="trained with another config"):
         quality_per_hour.main([*argv, "--set", "train.lr=5e-4"])
+
+
+def test_quality_per_hour_a_signal_stops_the_benchmark_and_the_same_command_continues(quality_per_hour, tmp_path,
+                                                                                   monkeypatch):
+    """Ctrl-C / SIGTERM (the trainer's clean stop) is not taken for a budget mark: the benchmark exits,
+    keeps the checkpoint and the seconds trained, and the rerun finishes the budget from there."""
+    from ddpmkit.training.trainer import Trainer
+
+    argv = ["--tiny", "--runs", str(tmp_path / "runs"), "--threads", "1", "--only", "train"]
+    real_train = Trainer.train
+
+    def interrupted(self, *a, **k):  # as if a signal arrived during the first step
+        self.request_stop()
+        return real_train(self, *a, **k)
+
+    monkeypatch.setattr(Trainer, "train", interrupted)
+    with pytest.raises(SystemExit, match="the same command continues"):
+        quality_per_hour.main(argv)
+    run_dir = tmp_path / "runs" / "baseline"
+    partial = json.loads((run_dir / "qph_partial.json").read_text())
+    assert not (run_dir / "qph_train.json").exists() and partial["step"] == load_checkpoint(run_dir).step >= 1
+    monkeypatch.setattr(Trainer, "train", real_train)
+    quality_per_hour.main(argv)
+    rows = json.loads((run_dir / "qph_train.json").read_text())
+    assert [r["minutes"] for r in rows] == [0.02, 0.04] and not (run_dir / "qph_partial.json").exists()
+    assert rows[0]["step"] > partial["step"] and rows[0]["train_seconds"] > partial["train_seconds"]
+    assert rows[-1]["train_seconds"] >= 0.04 * 60
