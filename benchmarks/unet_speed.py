@@ -34,12 +34,13 @@ our exporter writes), in the same process right after ours (diffusers is install
 ``--precision fp32 bf16`` adds rows under ``torch.autocast("cpu", dtype=torch.bfloat16)`` for every impl
 (fp32 weights and AdamW state, the MSE in fp32); their FLOP fractions are still against the fp32 ceiling.
 
-``--profile`` measures, for each case and mode, a whole training step / forward with each path on alone
-against the same with none (torch's ops), interleaved with an A/A control (none against none), keeps each
-path that makes some step at least ``cpu_fast.MIN_GAIN`` (3 %) faster and none slower by more than
-``cpu_fast.MAX_LOSS`` (2 %) or the A/A noise of the run, whichever is larger (``cpu_fast.keep_paths``),
-and writes that choice to the per-machine
-cache that ``cpu_fast``'s ``auto`` mode reads (keyed by CPU model and torch version).
+``--profile`` runs the library's profiler (``ddpmkit cpu-profile``, ``networks/cpu_profile.py``) on these
+cases: for each case and mode, a whole training step / forward with each path on alone against the same
+with none (torch's ops), interleaved with an A/A control (none against none); it keeps each path that
+makes some step at least ``cpu_fast.MIN_GAIN`` (3 %) faster and none slower by more than
+``cpu_fast.MAX_LOSS`` (2 %), both bounds raised to the A/A noise of the run where that is larger
+(``cpu_fast.keep_paths``), and writes that choice to the per-machine cache that ``cpu_fast``'s ``auto``
+mode reads (keyed by CPU model and torch version), and the measurements to results/cpu_fast_profile.json.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from _machine import cpu_info  # noqa: E402
 
-from ddpmkit.networks import UNet, cpu_fast, maybe_compile, unet_preset  # noqa: E402
+from ddpmkit.networks import UNet, cpu_fast, cpu_profile, maybe_compile, unet_preset  # noqa: E402
 from ddpmkit.networks.convert_diffusers import unet_config_to_diffusers  # noqa: E402
 from ddpmkit.networks.precision import use_layout_for  # noqa: E402
 
@@ -226,43 +227,6 @@ def build(impl: str, preset: str):
     return UNet(cfg), cfg, False
 
 
-def profile(cases, repeats: int) -> dict:
-    """Whole-step A/B of every path on its own against none (torch's ops), interleaved, with an A/A
-    control (none against none) for the noise; returns the kept paths (``cpu_fast.keep_paths``), the
-    median ratios (time without the path / time with it alone; > 1 means the path helps) and the
-    A/A ratios.  Each path alone, not all-on minus one: a path that slows a step would otherwise sit
-    in every baseline and tilt the others' verdicts (it did on the AMX Xeon)."""
-    ratios: dict = {p: {} for p in cpu_fast.PATHS}
-    control: dict = {}
-    none = frozenset()
-    for preset, batch, modes in cases:
-        model, cfg, _ = build("ours", preset)
-        case = Case(model, cfg, batch)
-        for mode in modes:
-            judged = [p for p in cpu_fast.PATHS if mode == "train" or p not in cpu_fast.TRAINING_ONLY]
-            variants = [none, none] + [frozenset({p}) for p in judged]  # the second `none` is the A/A control
-            secs = [[] for _ in variants]
-            for v in variants:  # warm-up
-                case.paths = v
-                case.run(mode)
-            for _ in range(repeats):
-                for k, v in enumerate(variants):
-                    case.paths = v
-                    start = time.perf_counter()
-                    case.run(mode)
-                    secs[k].append(time.perf_counter() - start)
-            step = f"{preset} {mode} b{batch}"
-            control[step] = statistics.median(a / b for a, b in zip(secs[1], secs[0], strict=True))
-            print(f"  {step:26} A/A control (none vs none)      {control[step]:6.3f}x the time", flush=True)
-            for k, p in enumerate(judged, start=2):  # a path judged only on the steps where it runs
-                r = statistics.median(off / on for off, on in zip(secs[0], secs[k], strict=True))
-                ratios[p][step] = r
-                print(f"  {step:26} without {p:20}    {r:6.3f}x the time with it", flush=True)
-        del case, model
-    noise = max(abs(1 - r) for r in control.values())
-    return {"kept": cpu_fast.keep_paths(ratios, noise), "ratios": ratios, "aa_control": control, "noise": noise}
-
-
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -293,17 +257,11 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
 
     cases = [c for c in CASES if not args.preset or c[0] in args.preset]
-    if args.profile:
-        print(f"profiling the CPU speed paths on {cpu_info()['model']} ({cpu_fast.profile_key()}), "
-              f"threads={args.threads}, {repeats} interleaved runs each")
-        found = profile(cases, repeats)
-        path = cpu_fast.save_profile(found["kept"], {"threads": args.threads, "repeats": repeats,
-                                                     "time_without_over_time_with_alone": found["ratios"],
-                                                     "aa_control": found["aa_control"], "noise": found["noise"]})
-        print(f"kept: {', '.join(found['kept']) or 'none'}  (written to {path})")
+    if args.profile:  # the library's profiler (ddpmkit cpu-profile), on this benchmark's cases
+        found = cpu_profile.profile_cpu_paths([(preset, batch) for preset, batch, _ in cases], repeats)
+        print(f"kept: {', '.join(found['kept']) or 'none'}  (written to {found['path']})")
         out = Path(args.out).with_name("cpu_fast_profile.json")
-        result = dict(torch=torch.__version__, threads=args.threads, repeats=repeats, cpu=cpu_info(),
-                      profile_key=cpu_fast.profile_key(), load_average=load_average(), **found)
+        result = dict(torch=torch.__version__, cpu=cpu_info(), load_average=load_average(), **found)
         out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {out}")
         return

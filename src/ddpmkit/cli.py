@@ -224,6 +224,29 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_cpu_profile(args) -> int:
+    from .networks import cpu_fast
+    from .networks.cpu_profile import DEFAULT_CASES, profile_cpu_paths
+
+    found = profile_cpu_paths(args.case or DEFAULT_CASES, repeats=args.repeats, threads=args.threads,
+                              save=not args.dry_run)
+    print(f"noise (A/A control): {found['noise']:.1%}; kept: {', '.join(found['kept']) or 'none'}")
+    if found["path"]:
+        print(f"wrote the profile for {found['profile_key']} to {found['path']} (DDPMKIT_CPU_FAST=auto reads it; "
+              f"{cpu_fast.ENV}=none|all|NAME,NAME overrides it)")
+    else:
+        print("--dry-run: nothing written")
+    return 0
+
+
+def case_spec(text: str) -> tuple[str, int]:
+    """``PRESET:BATCH`` -> (preset, batch), for ``cpu-profile --case``."""
+    preset, _, batch = text.partition(":")
+    if not preset or not batch.isdigit() or int(batch) < 1:
+        raise argparse.ArgumentTypeError(f"expected PRESET:BATCH (e.g. fashion-mnist:32), got {text!r}")
+    return preset, int(batch)
+
+
 # --- parser ---------------------------------------------------------------------------------
 
 class Parser(argparse.ArgumentParser):
@@ -363,6 +386,25 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("name", nargs="?", default=None, help="config to print (or copy with --out)")
     c.add_argument("--out", default=None, help="write a copy here (never overwrites)")
     c.set_defaults(func=cmd_configs)
+
+    cp = sub.add_parser(
+        "cpu-profile", help="measure which CPU speed paths pay on this machine and cache the choice",
+        description="Time whole U-Net training steps and forwards of the benchmark presets with each CPU speed "
+                    "path (conv_weight_grad, groupnorm_sums, dropout_bits, upsample_transposed) on alone against "
+                    "torch's own ops, interleaved, with an A/A control for the noise; keep a path that makes some "
+                    "step >= 3 % faster and none > 2 % slower (both bounds raised to the noise), and write the "
+                    "choice to $DDPMKIT_CACHE_DIR or ~/.cache/ddpmkit/cpu_fast.json, keyed by CPU model and torch "
+                    "version, where DDPMKIT_CPU_FAST=auto (the default) finds it. About 5 minutes on 2 cores with "
+                    "the default cases; run it on an otherwise idle machine. Without a profile every layer runs "
+                    "torch's op.")
+    cp.add_argument("--case", action="append", type=case_spec, default=None, metavar="PRESET:BATCH",
+                    help="a U-Net preset and batch to time (repeatable; default ddpm-cifar10:8, fashion-mnist:32, "
+                         "fashion-mnist:128)")
+    cp.add_argument("--repeats", type=positive_int, default=5, help="interleaved runs a variant (default 5)")
+    cp.add_argument("--threads", type=positive_int, default=None,
+                    help="torch threads (default: torch's, i.e. what training here would use)")
+    cp.add_argument("--dry-run", action="store_true", help="measure and print, write nothing")
+    cp.set_defaults(func=cmd_cpu_profile)
 
     add_data_parser(sub)
     add_eval_parser(sub)

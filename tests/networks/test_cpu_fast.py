@@ -132,3 +132,36 @@ def test_decisions_do_not_depend_on_the_batch_size(case):
                 xb = torch.randn(b, x.shape[1], h, w).to(memory_format=torch.channels_last)
                 per_batch.add(layer._fast_path(xb))
             assert len(per_batch) == 1, (name, h, w)
+
+
+def test_cpu_profile_measures_every_path_where_it_runs_and_auto_then_reads_its_choice(tmp_path):
+    """The library profiler (what `ddpmkit cpu-profile` runs) on the tiny digits preset, one run a
+    variant: ratios for every path on the steps where it runs (training-only paths on training steps
+    only), an A/A control per step, the rule's choice saved under this machine's key and read by auto."""
+    from ddpmkit.networks.cpu_profile import profile_cpu_paths
+
+    lines = []
+    found = profile_cpu_paths([("digits", 2)], repeats=1, threads=1, log=lines.append)
+    steps = {"digits train b2", "digits infer b2"}
+    assert set(found["aa_control"]) == steps
+    assert found["noise"] == max(abs(1 - r) for r in found["aa_control"].values())
+    for p in cpu_fast.PATHS:
+        want = {"digits train b2"} if p in cpu_fast.TRAINING_ONLY else steps
+        assert set(found["ratios"][p]) == want and all(r > 0 for r in found["ratios"][p].values())
+    assert found["kept"] == cpu_fast.keep_paths(found["ratios"], found["noise"])
+    assert found["path"] == str(cpu_fast.profile_path()) and found["threads"] == 1
+    assert cpu_fast.active() == frozenset(found["kept"]) and cpu_fast.source().startswith("profile")
+    assert len(lines) == 1 + (1 + len(cpu_fast.PATHS)) + (1 + 2)  # header; per step the A/A and each judged path
+
+
+def test_cpu_profile_command_dry_run_writes_nothing_and_bad_cases_are_one_line_errors(tmp_path, capsys):
+    from ddpmkit.cli import main
+
+    assert main(["cpu-profile", "--case", "digits:2", "--repeats", "1", "--threads", "1", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "kept:" in out and "nothing written" in out and not cpu_fast.profile_path().exists()
+    assert main(["cpu-profile", "--case", "nope:2", "--dry-run"]) == 2
+    assert "unknown U-Net preset 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["cpu-profile", "--case", "digits"])
+    assert e.value.code == 2 and "PRESET:BATCH" in capsys.readouterr().err
