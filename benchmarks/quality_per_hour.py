@@ -11,6 +11,7 @@ confident samples (p > 0.9) and the classes they cover.
 
     PYTHONPATH=src nice -n 10 python benchmarks/quality_per_hour.py --name baseline > qph.log 2>&1
     PYTHONPATH=src python benchmarks/quality_per_hour.py --name min-snr --set diffusion.loss_weighting=min_snr
+    PYTHONPATH=src python benchmarks/quality_per_hour.py --name shipped --score pretrained:fashion-mnist
 
 Two recipes run with the same seed, budget and threads are comparable side by side.  Only the training
 stretches count against the budget (building the model, loading the data and each resume are outside
@@ -159,18 +160,20 @@ class Scorer:
                 "sampling_seconds": seconds}
 
 
-def evaluate(records: list[dict], cfg, a, samplers: list[tuple[str, int]]) -> list[dict]:
+def evaluate(records: list[dict], cfg, a, samplers: list[tuple[str, int]], score_dir: Path | None = None) -> list[dict]:
+    """Score every record's checkpoint with every sampler; each score is kept in a small JSON (in the
+    checkpoint's directory, or ``score_dir``) and reused by a rerun."""
     scorer = None
     for r in records:
         r.setdefault("scores", {})
         for sampler, steps in samplers:
             key = f"{sampler}-{steps}"
-            out = Path(r["checkpoint"]) / f"qph_{key}_n{a.n}_seed{a.seed}.json"
+            out = (score_dir or Path(r["checkpoint"])) / f"qph_{key}_n{a.n}_seed{a.seed}.json"
             if not out.exists():
                 if scorer is None:
                     scorer = Scorer(cfg, a)
-                print(f"[{time.strftime('%H:%M:%S')}] {r['minutes']:g} min: {sampler} {steps} steps, n = {a.n}",
-                      flush=True)
+                print(f"[{time.strftime('%H:%M:%S')}] {fmt(r['minutes'], 'g')} min: {sampler} {steps} steps, "
+                      f"n = {a.n}", flush=True)
                 out.write_text(json.dumps(scorer.score(r["checkpoint"], sampler, steps), indent=2) + "\n")
             r["scores"][key] = json.loads(out.read_text())
     return records
@@ -192,7 +195,8 @@ def table(records: list[dict], samplers: list[tuple[str, int]]) -> str:
             cells.append(f"{fmt(m.get('fid'), '.2f')} ({fmt(m.get('precision'), '.2f')} / "
                          f"{fmt(m.get('recall'), '.2f')}, {fmt(m.get('confident_fraction'), '.0%')}, "
                          f"{m.get('confident_classes', '–')})")
-        lines.append(f"| {r['minutes']:g} | {r['step']} | {r['images_seen']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {fmt(r['minutes'], 'g')} | {r['step']} | {fmt(r['images_seen'], 'd')} | "
+                     + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -218,6 +222,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--note", default="", help="what else ran on the machine (recorded in the JSON)")
     ap.add_argument("--only", choices=["train", "eval"], default=None, help="one stage (default: both)")
     ap.add_argument("--tiny", action="store_true", help="dry run in seconds: digits, tiny U-Net, T = 20")
+    ap.add_argument("--score", default=None, metavar="CHECKPOINT",
+                    help="train nothing: score this run, checkpoint or pretrained:NAME the same way (same samplers, "
+                         "n, seed and reference), e.g. the shipped model a recipe has to beat")
     a = ap.parse_args(argv)
     tiny_defaults = {"minutes": 0.04, "every": 0.02, "n": 24, "samplers": TINY_SAMPLERS, "ref_n": 100}
     defaults = {"minutes": 60.0, "every": 15.0, "n": 1000, "samplers": DEFAULT_SAMPLERS, "ref_n": None}
@@ -234,6 +241,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(a.threads)
     run_dir = (a.runs / a.name).resolve()
+    if a.score:
+        return score_only(a, samplers, run_dir)
     sets = list(a.sets)
     if a.tiny:
         from ddpmkit.testing.tiny import tiny_overrides
@@ -273,6 +282,35 @@ def main(argv: list[str] | None = None) -> dict:
         out.write_text(json.dumps(payload, indent=2) + "\n")
         print(f"wrote {out}")
     print(table(records, samplers) if a.only != "train" else "trained; evaluate with --only eval")
+    return payload
+
+
+def score_only(a, samplers: list[tuple[str, int]], run_dir: Path) -> dict:
+    """``--score``: one record for an existing checkpoint, scored like a recipe's marks."""
+    from ddpmkit.errors import UserError
+    from ddpmkit.runs import load_run
+
+    try:
+        run = load_run(a.score, device="cpu", use_ema=True, require_ema=True)
+    except UserError as e:
+        raise SystemExit(f"--score: {e}") from None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = run.checkpoint
+    records = [{"minutes": None, "step": ckpt.step, "images_seen": None, "train_seconds": None,
+                "checkpoint": a.score}]
+    records = evaluate(records, run.config, a, samplers, score_dir=run_dir)
+    payload = {"benchmark": "quality_per_hour", "name": a.name, "scored": a.score, "cpu_model": cpu_model(),
+               "cpu": cpu_info(), "load_note": a.note, "resolved_config": run.config.to_dict(), "fid_n": a.n,
+               "fid_seed": a.seed, "ref_split": a.ref_split, "ref_n": a.ref_n,
+               "features": "the shipped classifier of the dataset (Inception-v3 for others)", "weights": "EMA",
+               "samplers": [{"sampler": s, "steps": n} for s, n in samplers], "tiny": a.tiny, "checkpoints": records}
+    out = a.json if a.json is not None else (None if a.tiny else
+                                             ROOT / "benchmarks" / "results" / f"quality_per_hour_{a.name}.json")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"wrote {out}")
+    print(table(records, samplers))
     return payload
 
 

@@ -51,6 +51,16 @@ def test_quality_per_hour_tiny_trains_to_each_mark_and_scores_every_checkpoint(q
     assert again["checkpoints"] == rows
     with pytest.raises(SystemExit, match="trained with another config"):
         quality_per_hour.main([*argv, "--set", "train.lr=5e-4"])
+    # --score: an existing checkpoint scored the same way gives the same numbers as its mark did
+    scored = quality_per_hour.main(["--tiny", "--score", rows[-1]["checkpoint"], "--name", "scored", "--runs",
+                                    str(tmp_path / "runs"), "--json", str(tmp_path / "scored.json"),
+                                    "--cache-dir", str(tmp_path / "cache"), "--threads", "1"])
+    (only,) = scored["checkpoints"]
+    assert only["step"] == rows[-1]["step"] and only["minutes"] is None
+    for key, s in rows[-1]["scores"].items():
+        assert only["scores"][key]["fid"] == s["fid"] and only["scores"][key]["precision"] == s["precision"]
+    with pytest.raises(SystemExit, match="--score"):
+        quality_per_hour.main(["--tiny", "--score", str(tmp_path / "nothing"), "--runs", str(tmp_path / "runs")])
 
 
 def test_quality_per_hour_a_signal_stops_the_benchmark_and_the_same_command_continues(quality_per_hour, tmp_path,
