@@ -3,7 +3,7 @@
 
 Sizes are shrunk, never the commands: a training run gets the tiny U-Net and T = 20 appended
 (`testing.tiny.tiny_overrides`; later --set values win), sample counts and step counts are capped,
-and `RUN` is the run the README trained.  Lines that are not `ddpmkit` commands (make targets, the
+`cpu-profile` times the digits preset once a variant, and `RUN` is the run the README trained.  Lines that are not `ddpmkit` commands (make targets, the
 2.5-hour Fashion-MNIST training behind the shipped model) are listed in SKIPPED with the reason.
 """
 
@@ -59,6 +59,8 @@ def small(argv: list[str]) -> list[str]:
     if out[0] == "train":
         out += [x for s in tiny_overrides("unused") if not s.startswith("run.out_dir") for x in ("--set", s)]
         out += ["--no-progress"]
+    if out[0] == "cpu-profile":  # one timed run a variant of the digits preset, not minutes of presets
+        out += ["--case", "digits:2", "--repeats", "1"]
     if out[0] in ("sample", "eval") and "--no-progress" not in out:
         out.append("--no-progress")
     return out
