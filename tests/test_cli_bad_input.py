@@ -229,6 +229,9 @@ CASES = [
     ("configs-unknown", ["configs", "nosuch"], "no shipped config 'nosuch'"),
     ("configs-out-exists", ["configs", "digits", "--out", "{S}/afile"], "exists; not overwriting it"),
     ("configs-out-under-file", ["configs", "digits", "--out", "{S}/afile/x.toml"], "is not a directory"),
+    ("cpu-profile-preset", ["cpu-profile", "--case", "nosuch:2"], "unknown U-Net preset 'nosuch'"),
+    ("cpu-profile-case", ["cpu-profile", "--case", "digits:0"], "expected PRESET:BATCH"),
+    ("cpu-profile-repeats", ["cpu-profile", "--repeats", "0"], "--repeats"),
     ("demo-out-file", ["demo", "--out", "{S}/afile"], "exists and is not a directory"),
     # --- eval ------------------------------------------------------------------------------------------
     ("nll-missing", eval_args("nll", ckpt="{S}/none"), "no run or checkpoint"),
@@ -273,7 +276,7 @@ def check_one_error_line(code, err: str, expect: str) -> None:
 def test_there_are_enough_cases_across_all_subcommands():
     assert len(CASES) >= 60 and len({c[0] for c in CASES}) == len(CASES)
     firsts = {argv[0] for _, argv, _ in CASES if argv}
-    assert {"train", "sample", "forward", "info", "export", "plot", "demo", "eval", "configs"} <= firsts
+    assert {"train", "sample", "forward", "info", "export", "plot", "demo", "eval", "configs", "cpu-profile"} <= firsts
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
