@@ -88,3 +88,19 @@ def test_quality_per_hour_a_signal_stops_the_benchmark_and_the_same_command_cont
     assert [r["minutes"] for r in rows] == [0.02, 0.04] and not (run_dir / "qph_partial.json").exists()
     assert rows[0]["step"] > partial["step"] and rows[0]["train_seconds"] > partial["train_seconds"]
     assert rows[-1]["train_seconds"] >= 0.04 * 60
+
+
+def test_recipe_step_times_every_layout_and_precision_of_the_configs_network(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from ddpmkit.networks.precision import cpu_has_native_bf16
+
+    recipe_step = importlib.import_module("recipe_step")
+    out = recipe_step.main(["--config", str(BENCHMARKS.parent / "configs" / "digits.toml"), "--batch", "4",
+                            "--rounds", "1", "--steps", "1", "--threads", "1", "--json", str(tmp_path / "r.json")])
+    assert json.loads((tmp_path / "r.json").read_text()) == out
+    precisions = ("fp32", "bf16") if cpu_has_native_bf16() else ("fp32",)
+    assert [(r["layout"], r["precision"]) for r in out["rows"]] == [
+        (lay, p) for p in precisions for lay in ("channels_last", "nchw")]
+    assert all(r["batch"] == 4 and r["img_per_s"] == 4 / r["seconds"] for r in out["rows"])
+    with pytest.raises(SystemExit, match="a U-Net config"):
+        recipe_step.main(["--config", str(BENCHMARKS.parent / "configs" / "toy2d.toml"), "--json", str(tmp_path / "x")])
