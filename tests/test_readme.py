@@ -3,8 +3,9 @@
 
 Sizes are shrunk, never the commands: a training run gets the tiny U-Net and T = 20 appended
 (`testing.tiny.tiny_overrides`; later --set values win), sample counts and step counts are capped,
-`cpu-profile` times the digits preset once a variant, and `RUN` is the run the README trained.  Lines that are not `ddpmkit` commands (make targets, the
-2.5-hour Fashion-MNIST training behind the shipped model) are listed in SKIPPED with the reason.
+`cpu-profile` times the digits preset once a variant, and `RUN` is the run the README trained.  Lines
+that are not `ddpmkit` commands (make targets, the 2.5-hour Fashion-MNIST training behind the shipped
+model) are listed in SKIPPED with the reason.
 """
 
 import importlib.util
