@@ -8,9 +8,10 @@ as oneDNN reports them); elsewhere it falls back to fp32 with one line saying so
 (with the trainer's GradScaler).
 
 The memory layout goes with the precision (:func:`layout_for`): under CPU bf16 autocast a network
-that can switch (the U-Net's ``set_channels_last``) runs in NCHW, since oneDNN's NCHW bf16
-convolutions were faster than its channels_last ones at every benchmark shape measured
-(docs/unet.md); everywhere else it keeps its own layout.
+that can switch (the U-Net's ``set_channels_last``) runs in NCHW; everywhere else it keeps its own
+layout.  Provisional: one speed run on an AMX Xeon had NCHW bf16 faster at every benchmark shape, a
+second run (benchmarks/results/unet_speed_xeon-amx.json, ``ours`` vs ``ours-cl``) had channels_last
+faster on the CIFAR-10 U-Net; to be re-measured before it is relied on.
 """
 
 from __future__ import annotations
