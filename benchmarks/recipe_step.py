@@ -7,7 +7,7 @@ unet_speed.py times the presets at their full width; a recipe trains something s
 Fashion-MNIST model is the preset at ch 16), where what bf16 saves in the convolutions and what its
 casts cost come out differently.  This times the network the config builds, at its batch size: a whole
 step (forward, MSE, backward, fused AdamW, as in the trainer), four variants -- channels_last or NCHW,
-fp32 or bf16 autocast (the trainer's bf16 runs NCHW on CPU: ``networks/precision.py``) -- interleaved
+fp32 or bf16 autocast (the trainer's CPU bf16 runs in the one measured faster: ``networks/precision.py``) -- interleaved
 ``--rounds`` times, ``--steps`` steps a round; prints img/s and writes --json with the CPU.
 """
 

@@ -27,7 +27,8 @@ different implementations compare as their img/s do (like "model FLOPs utilizati
 Rows with ``impl=ours`` run our network with the CPU speed paths this machine keeps
 (``ddpmkit.networks.cpu_fast``; the JSON records which and where the choice came from); ``ours-all``
 and ``ours-none`` with every path on / off, and ``ours-no-PATH`` with one path off, for A/Bs in one run.
-Our bf16 rows run in the layout the library picks for bf16 (``precision.use_layout_for``: NCHW on CPU);
+Our bf16 rows run in the layout the library picks for bf16 (``precision.use_layout_for``: the one measured
+faster for that network on this machine, cached);
 ``ours-nchw`` runs NCHW in every precision, ``ours-cl`` channels_last in every precision.
 Rows with ``impl=diffusers`` run diffusers' ``UNet2DModel`` built from the same architecture (the config
 our exporter writes), in the same process right after ours (diffusers is installed by ``make setup``).

@@ -8,6 +8,19 @@ import torch
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_dir(tmp_path_factory):
+    """The cache ddpmkit writes (the CPU-path profile, the bf16 layouts it measures, FID references)
+    goes to a directory of this test session, never the user's ~/.cache; a test may set its own."""
+    saved = os.environ.get("DDPMKIT_CACHE_DIR")
+    os.environ["DDPMKIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("ddpmkit-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("DDPMKIT_CACHE_DIR", None)
+    else:
+        os.environ["DDPMKIT_CACHE_DIR"] = saved
+
+
 @pytest.fixture
 def single_torch_thread():
     """One torch thread for the test, the previous count restored after it (see tests/networks/conftest.py)."""

@@ -104,3 +104,18 @@ def test_recipe_step_times_every_layout_and_precision_of_the_configs_network(mon
     assert all(r["batch"] == 4 and r["img_per_s"] == 4 / r["seconds"] for r in out["rows"])
     with pytest.raises(SystemExit, match="a U-Net config"):
         recipe_step.main(["--config", str(BENCHMARKS.parent / "configs" / "toy2d.toml"), "--json", str(tmp_path / "x")])
+
+
+def test_bf16_layout_times_both_layouts_of_each_network_and_writes_the_cpu(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    bf16_layout = importlib.import_module("bf16_layout")
+    out = bf16_layout.main(["--networks", "recipe", "--pairs", "1", "--json", str(tmp_path / "l.json")])
+    assert json.loads((tmp_path / "l.json").read_text()) == json.loads(json.dumps(out))
+    assert [(r["network"], r["mode"], r["batch"]) for r in out["rows"]] == [("recipe", "train", 64),
+                                                                          ("recipe", "infer", 64)]
+    for r in out["rows"]:
+        assert r["nchw_img_s"] > 0 and r["channels_last_img_s"] > 0 and r["nchw_over_channels_last"] > 0
+    assert out["cpu"]["model"] and out["pairs"] == 1
+    with pytest.raises(SystemExit):
+        bf16_layout.main(["--pairs", "0", "--json", str(tmp_path / "x.json")])
+    assert not (tmp_path / "x.json").exists()

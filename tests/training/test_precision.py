@@ -1,6 +1,8 @@
 """Mixed precision: the autocast dtype per device and request, the fp32 fallback line, bf16 training
 on CPU (fp32 weights, bit-exact resume) and bf16 sampling."""
 
+import dataclasses
+import json
 import logging
 from pathlib import Path
 
@@ -9,6 +11,8 @@ import torch
 
 from ddpmkit.checkpoint import load_checkpoint
 from ddpmkit.config import load_config
+from ddpmkit.errors import UserError
+from ddpmkit.networks import cpu_fast
 from ddpmkit.networks import precision as P
 from ddpmkit.runs import generate, load_run
 from ddpmkit.testing.tiny import TINY_UNET, tiny_overrides
@@ -97,14 +101,21 @@ def test_bf16_sampling_is_close_to_fp32_and_float32(tmp_path):
     assert (x16 - x32).abs().max() < 0.1  # bf16 rounding of a 4-step DDIM run, pixels in [-1, 1]
 
 
-def test_layout_goes_nchw_under_cpu_bf16_only_and_comes_back():
+def _net():
     from ddpmkit.networks import UNet, UNetConfig
 
-    assert P.channels_last_for("cpu", torch.bfloat16) is False
-    assert P.channels_last_for("cpu", None) is None and P.channels_last_for("cuda:0", torch.bfloat16) is None
-    assert P.channels_last_for("cuda", torch.float16) is None
-    net = UNet(UNetConfig(in_channels=1, image_size=8, ch=8, ch_mult=(1, 2), num_res_blocks=1,
-                          attn_resolutions=(), norm_groups=4))
+    return UNet(UNetConfig(in_channels=1, image_size=8, ch=8, ch_mult=(1, 2), num_res_blocks=1,
+                           attn_resolutions=(), norm_groups=4))
+
+
+def test_layout_is_a_choice_under_cpu_bf16_only_and_comes_back(monkeypatch):
+    net = _net()
+    for device, dtype in (("cpu", None), ("cuda:0", torch.bfloat16), ("cuda", torch.float16)):
+        assert P.channels_last_for(device, dtype, net) is None  # its own layout
+    assert P.channels_last_for("cpu", torch.bfloat16, torch.nn.Linear(2, 2)) is None  # cannot switch
+    assert P.channels_last_for("cpu", torch.bfloat16) is None
+    monkeypatch.setenv(P.LAYOUT_ENV, "nchw")
+    assert P.channels_last_for("cpu", torch.bfloat16, net) is False
     assert net.channels_last
     with P.layout_for(net, "cpu", torch.bfloat16):
         assert not net.channels_last and net.conv_in.weight.is_contiguous()
@@ -115,13 +126,65 @@ def test_layout_goes_nchw_under_cpu_bf16_only_and_comes_back():
     assert P.use_layout_for(net, "cpu", None) is None and net.channels_last  # fp32: its own layout
     assert P.use_layout_for(net, "cpu", torch.bfloat16) is True and not net.channels_last
     assert P.use_layout_for(net, "cpu", torch.bfloat16) is None  # already there
+    monkeypatch.setenv(P.LAYOUT_ENV, "channels_last")
+    assert P.use_layout_for(net, "cpu", torch.bfloat16) is False and net.channels_last
     lin = torch.nn.Linear(2, 2)  # a network without set_channels_last is left alone
     assert P.use_layout_for(lin, "cpu", torch.bfloat16) is None
+    monkeypatch.setenv(P.LAYOUT_ENV, "fastest")
+    with pytest.raises(UserError, match="DDPMKIT_BF16_LAYOUT must be one of auto, nchw, channels_last"):
+        P.channels_last_for("cpu", torch.bfloat16, net)
+
+
+@pytest.mark.parametrize("slow_layout", [True, False])
+def test_the_bf16_layout_is_the_faster_one_measured_once_and_cached(monkeypatch, tmp_path, slow_layout):
+    """With a step that takes 2 s in one layout and 1 s in the other, the other is chosen; the answer is
+    cached per network config, and the measurement leaves the model, its gradients and the RNG alone."""
+    monkeypatch.setenv("DDPMKIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv(P.LAYOUT_ENV, raising=False)
+    calls = []
+
+    def fake(model, x, t):
+        calls.append(model.channels_last)
+        assert not model.training and x.shape == (P.LAYOUT_BATCH, 1, 8, 8)
+        return 2.0 if model.channels_last == slow_layout else 1.0
+
+    monkeypatch.setattr(P, "_step_seconds", fake)
+    net = _net().train()
+    rng = torch.get_rng_state()
+    assert P.channels_last_for("cpu", torch.bfloat16, net) is (not slow_layout)
+    assert len(calls) == 2 + 2 * P.LAYOUT_PAIRS and calls.count(True) == calls.count(False)
+    assert net.channels_last and net.training and torch.equal(torch.get_rng_state(), rng)
+    entry = json.loads((tmp_path / "cpu_fast.json").read_text())[cpu_fast.profile_key()]
+    rec = entry[P.LAYOUT_SECTION][P.network_key(net)]
+    assert rec["channels_last"] is (not slow_layout) and rec["nchw_over_channels_last"] == (0.5 if slow_layout else 2.0)
+    calls.clear()
+    assert P.channels_last_for("cpu", torch.bfloat16, _net()) is (not slow_layout) and calls == []  # cached
+    other = _net()
+    other.config = dataclasses.replace(other.config, ch=16)  # another network: measured afresh
+    P.channels_last_for("cpu", torch.bfloat16, other)
+    assert len(calls) == 2 + 2 * P.LAYOUT_PAIRS
+    cpu_fast.save_profile(["dropout_bits"], {})  # a CPU-path profile written later keeps the layouts
+    entry = json.loads((tmp_path / "cpu_fast.json").read_text())[cpu_fast.profile_key()]
+    assert entry["paths"] == ["dropout_bits"] and len(entry[P.LAYOUT_SECTION]) == 2
+
+
+def test_the_real_layout_measurement_runs_and_touches_no_gradient(monkeypatch, tmp_path):
+    monkeypatch.setenv("DDPMKIT_CACHE_DIR", str(tmp_path))
+    net = _net()
+    before = [p.detach().clone() for p in net.parameters()]
+    choice = P.measured_bf16_layout(net, batch=2, pairs=1)
+    assert isinstance(choice, bool) and net.channels_last
+    assert all(p.grad is None for p in net.parameters())
+    assert all(torch.equal(a, p) for a, p in zip(before, net.parameters(), strict=True))
+    assert cpu_fast.cached(P.LAYOUT_SECTION, P.network_key(net))["channels_last"] is choice
 
 
 @needs_bf16
-def test_bf16_training_and_sampling_run_the_unet_in_nchw_and_sampling_restores_its_layout(tmp_path):
+def test_bf16_training_and_sampling_run_the_unet_in_the_chosen_layout_and_sampling_restores_its_own(
+        tmp_path, monkeypatch):
     from ddpmkit.training.trainer import Trainer
+
+    monkeypatch.setenv(P.LAYOUT_ENV, "nchw")
 
     cfg = load_config(ROOT / "configs" / "digits.toml", _sets(tmp_path / "run", 2, "bf16"))
     trainer = Trainer(cfg, progress=False)

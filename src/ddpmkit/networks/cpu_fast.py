@@ -203,15 +203,49 @@ def save_profile(kept: list[str], measurements: dict) -> Path:
     except (OSError, ValueError):
         data = {}
     c = cpu_identity()
-    data[profile_key()] = {"paths": sorted(kept), "cpu": c.get("name", ""), "measurements": measurements}
+    entry = data.get(profile_key()) if isinstance(data.get(profile_key()), dict) else {}
+    entry.update({"paths": sorted(kept), "cpu": c.get("name", ""), "measurements": measurements})
+    data[profile_key()] = entry  # other sections of the entry (the bf16 layouts) are kept
+    _write(path, data)
+    _profiled.cache_clear()
+    return path
+
+
+def _write(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # one per process: DDP ranks may write at once
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
     os.replace(tmp, path)
-    _profiled.cache_clear()
+
+
+def cached(section: str, key: str):
+    """What this machine's profile entry holds under ``section``/``key`` (None: nothing yet)."""
+    try:
+        entry = json.loads(profile_path().read_text()).get(profile_key())
+        return entry[section][key] if isinstance(entry, dict) and isinstance(entry.get(section), dict) else None
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return None
+
+
+def cache(section: str, key: str, value) -> Path:
+    """Store ``value`` under ``section``/``key`` of this machine's profile entry (the same file and key
+    as the kept paths: CPU model and torch version)."""
+    path = profile_path()
+    try:
+        data = json.loads(path.read_text())
+        data = data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        data = {}
+    entry = data.setdefault(profile_key(), {})
+    if not isinstance(entry, dict):
+        entry = data[profile_key()] = {}
+    if not isinstance(entry.get(section), dict):
+        entry[section] = {}
+    entry[section][key] = value
+    _write(path, data)
     return path
 
 
 __all__ = ["PATHS", "DEFAULT_PATHS", "TRAINING_ONLY", "MIN_GAIN", "MAX_LOSS", "ENV", "parse_spec", "cpu_identity",
            "profile_key", "profile_path", "active", "source", "enabled", "set_paths", "paths", "eager_cpu", "use",
-           "keep_paths", "save_profile"]
+           "keep_paths", "save_profile", "cached", "cache"]

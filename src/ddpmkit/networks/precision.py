@@ -7,20 +7,35 @@ full precision.  bf16 runs on CUDA and on CPUs with native bf16 instructions (AV
 as oneDNN reports them); elsewhere it falls back to fp32 with one line saying so.  fp16 is CUDA only
 (with the trainer's GradScaler).
 
-The memory layout goes with the precision (:func:`layout_for`): under CPU bf16 autocast a network
-that can switch (the U-Net's ``set_channels_last``) runs in NCHW; everywhere else it keeps its own
-layout.  Provisional: one speed run on an AMX Xeon had NCHW bf16 faster at every benchmark shape, a
-second run (benchmarks/results/unet_speed_xeon-amx.json, ``ours`` vs ``ours-cl``) had channels_last
-faster on the CIFAR-10 U-Net; to be re-measured before it is relied on.
+The memory layout goes with the precision (:func:`layout_for`).  Under CPU bf16 autocast neither layout
+wins everywhere: on one AMX Xeon (docs/unet.md) channels_last was ~15 % faster for the CIFAR-10 U-Net
+and NCHW 20-50 % faster for the narrow Fashion-MNIST networks.  So a network that can switch (the
+U-Net's ``set_channels_last``) runs in whichever layout a short measurement of *that network on this
+machine* found faster (:func:`measured_bf16_layout`: forward + backward, both layouts interleaved),
+made at first use and cached beside the CPU-path profile (``networks/cpu_fast.py``: keyed by CPU model
+and torch version, then by the network's config).  ``DDPMKIT_BF16_LAYOUT`` = ``nchw`` or
+``channels_last`` skips the measurement.  Everywhere else a network keeps its own layout.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import statistics
+import sys
+import time
 from contextlib import contextmanager, nullcontext
 
 import torch
 
 from ..argtypes import PRECISION_HELP, PRECISIONS
+from ..errors import UserError
+from . import cpu_fast
+
+LAYOUT_ENV = "DDPMKIT_BF16_LAYOUT"
+LAYOUT_CHOICES = ("auto", "nchw", "channels_last")
+LAYOUT_SECTION = "bf16_channels_last"  # the profile entry's section: network key -> measurement
+LAYOUT_BATCH, LAYOUT_PAIRS = 8, 5
 
 
 def cpu_has_native_bf16() -> bool:
@@ -51,18 +66,83 @@ def autocast_dtype(precision: str, device: torch.device | str) -> tuple[torch.dt
     return None, f"precision {precision}: autocast in {precision} applies on CUDA only; running in fp32 on {kind}"
 
 
-def channels_last_for(device: torch.device | str, dtype: torch.dtype | None) -> bool | None:
-    """The layout a switchable network should run in under this autocast dtype: False (NCHW) for
-    bf16 on CPU, None (its own choice) otherwise."""
-    return False if dtype == torch.bfloat16 and torch.device(device).type == "cpu" else None
+def _switchable(model) -> bool:
+    return hasattr(model, "set_channels_last") and getattr(model, "channels_last", None) is not None
+
+
+def network_key(model) -> str:
+    """What a layout measurement is valid for: the network's class and its config (a short hash)."""
+    text = f"{type(model).__name__} {getattr(model, 'config', None)!r}"
+    return f"{type(model).__name__}-{hashlib.sha1(text.encode()).hexdigest()[:16]}"
+
+
+def _step_seconds(model, x, t) -> float:
+    params = [p for p in model.parameters() if p.requires_grad]
+    start = time.perf_counter()
+    with torch.enable_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, t)
+    torch.autograd.grad(out.float().square().mean(), params)  # gradients returned, no .grad touched
+    return time.perf_counter() - start
+
+
+def measured_bf16_layout(model, *, batch: int = LAYOUT_BATCH, pairs: int = LAYOUT_PAIRS) -> bool:
+    """Whether ``model`` runs faster in channels_last than in NCHW under CPU bf16 autocast, on this
+    machine: the cached answer, or (once per network config, CPU model and torch version) a
+    measurement -- ``pairs`` forward + backward passes of a ``batch`` of random inputs in each layout,
+    interleaved, in eval mode (no dropout, so the global RNG is not touched), median of the per-pair
+    ratios.  The model comes back in the layout and mode it had."""
+    key = network_key(model)
+    hit = cpu_fast.cached(LAYOUT_SECTION, key)
+    if isinstance(hit, dict) and isinstance(hit.get("channels_last"), bool):
+        return hit["channels_last"]
+    cfg = model.config
+    print(f"bf16 on this CPU: timing NCHW vs channels_last for this network once "
+          f"(cached in {cpu_fast.profile_path()})", file=sys.stderr)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, cfg.in_channels, cfg.image_size, cfg.image_size, generator=g)
+    t = torch.randint(0, 1000, (batch,), generator=g)
+    had, was_training = model.channels_last, model.training
+    model.eval()
+    ratios = []
+    try:
+        for layout in (False, True):  # one warm-up pass each
+            model.set_channels_last(layout)
+            _step_seconds(model, x, t)
+        for i in range(pairs):
+            secs = {}
+            for layout in ((False, True) if i % 2 == 0 else (True, False)):
+                model.set_channels_last(layout)
+                secs[layout] = _step_seconds(model, x, t)
+            ratios.append(secs[False] / secs[True])
+    finally:
+        model.set_channels_last(had)
+        model.train(was_training)
+    ratio = statistics.median(ratios)
+    cpu_fast.cache(LAYOUT_SECTION, key, {"channels_last": ratio > 1.0, "nchw_over_channels_last": ratio,
+                                         "batch": batch, "pairs": pairs, "config": repr(cfg)})
+    return ratio > 1.0
+
+
+def channels_last_for(device: torch.device | str, dtype: torch.dtype | None, model=None) -> bool | None:
+    """The layout ``model`` should run in under this autocast dtype: for bf16 on CPU, the faster one
+    on this machine (``DDPMKIT_BF16_LAYOUT``, else :func:`measured_bf16_layout`); None (its own
+    choice) otherwise, and for a model that cannot switch."""
+    if dtype != torch.bfloat16 or torch.device(device).type != "cpu" or not _switchable(model):
+        return None
+    forced = os.environ.get(LAYOUT_ENV, "auto").strip().lower() or "auto"
+    if forced not in LAYOUT_CHOICES:
+        raise UserError(f"{LAYOUT_ENV} must be one of {', '.join(LAYOUT_CHOICES)}, got {forced!r}")
+    if forced != "auto":
+        return forced == "channels_last"
+    return measured_bf16_layout(model)
 
 
 def use_layout_for(model, device: torch.device | str, dtype: torch.dtype | None) -> bool | None:
     """Switch ``model`` to the layout :func:`channels_last_for` picks, if it can switch and is not in it
     already; returns the layout it had (``channels_last``), or None when nothing changed.  Call it
     before an optimizer is built on the weights (the trainer does)."""
-    want, had = channels_last_for(device, dtype), getattr(model, "channels_last", None)
-    if want is None or had is None or want == had or not hasattr(model, "set_channels_last"):
+    want, had = channels_last_for(device, dtype, model), getattr(model, "channels_last", None)
+    if want is None or want == had:
         return None
     model.set_channels_last(want)
     return had
@@ -103,4 +183,5 @@ def with_autocast(model_fn, device: torch.device | str, dtype: torch.dtype | Non
 
 
 __all__ = ["PRECISIONS", "PRECISION_HELP", "cpu_has_native_bf16", "autocast_dtype", "channels_last_for",
-           "use_layout_for", "layout_for", "autocast", "with_autocast"]
+           "measured_bf16_layout", "network_key", "LAYOUT_ENV", "use_layout_for", "layout_for", "autocast",
+           "with_autocast"]
