@@ -83,6 +83,9 @@ def train_row(row, run_dir: Path, a, log) -> dict:
     sets = {"run.out_dir": f'"{run_dir}"', "diffusion.prediction": f'"{prediction}"',
             "diffusion.loss": f'"{loss}"', "diffusion.variance": f'"{variance}"',
             "diffusion.timestep_sampler": '"uniform"', "train.steps": str(a.steps),
+            # the paper's training: no loss weighting, a constant learning rate (the demo config's
+            # Min-SNR + cosine decay are a later recipe, not Table 2's)
+            "diffusion.loss_weighting": '"none"', "train.lr_schedule": '"constant"',
             "train.checkpoint_every": "0", "train.sample_n": "16" if a.tiny else "100"}
     argv = ["train", "--config", str(a.config), "--no-progress"]
     for k, v in sets.items():
