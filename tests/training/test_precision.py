@@ -159,6 +159,9 @@ def test_the_bf16_layout_is_the_faster_one_measured_once_and_cached(monkeypatch,
     assert rec["channels_last"] is (not slow_layout) and rec["nchw_over_channels_last"] == (0.5 if slow_layout else 2.0)
     calls.clear()
     assert P.channels_last_for("cpu", torch.bfloat16, _net()) is (not slow_layout) and calls == []  # cached
+    nchw = _net()
+    nchw.config = dataclasses.replace(nchw.config, channels_last=False)  # the starting layout is not the key
+    assert P.network_key(nchw) == P.network_key(net)
     other = _net()
     other.config = dataclasses.replace(other.config, ch=16)  # another network: measured afresh
     P.channels_last_for("cpu", torch.bfloat16, other)

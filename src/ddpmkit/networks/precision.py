@@ -19,6 +19,7 @@ and torch version, then by the network's config).  ``DDPMKIT_BF16_LAYOUT`` = ``n
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import statistics
@@ -71,8 +72,12 @@ def _switchable(model) -> bool:
 
 
 def network_key(model) -> str:
-    """What a layout measurement is valid for: the network's class and its config (a short hash)."""
-    text = f"{type(model).__name__} {getattr(model, 'config', None)!r}"
+    """What a layout measurement is valid for: the network's class and its config (a short hash), the
+    layout it starts in left out (both layouts are timed)."""
+    cfg = getattr(model, "config", None)
+    if dataclasses.is_dataclass(cfg) and any(f.name == "channels_last" for f in dataclasses.fields(cfg)):
+        cfg = dataclasses.replace(cfg, channels_last=False)
+    text = f"{type(model).__name__} {cfg!r}"
     return f"{type(model).__name__}-{hashlib.sha1(text.encode()).hexdigest()[:16]}"
 
 
