@@ -54,7 +54,8 @@ def test_resume_is_bit_identical(tmp_path, kind):
     K = 3
     if kind == "mlp":
         def sets(out, steps):
-            return toy_sets(out, steps, **{"diffusion.loss": "vlb", "diffusion.variance": "learned_range"})
+            return toy_sets(out, steps, **{"diffusion.loss": "vlb", "diffusion.variance": "learned_range",
+                                           "diffusion.loss_weighting": "none"})  # the demo's Min-SNR is MSE-only
     else:  # dropout, flips, label dropout and a learned variance all draw random numbers
         data = folder_sets(tmp_path) if kind == "unet-prepared-folder" else []
 

@@ -171,7 +171,7 @@ def check_loss_weighting(weighting: LossWeighting, loss_type: str, prediction: s
         return
     if loss_type == "vlb":
         raise ValueError(f"loss weighting {weighting.kind!r} weights the simple (MSE) loss; loss 'vlb' has none "
-                         "(use loss 'simple' or 'hybrid')")
+                         "(use loss 'simple' or 'hybrid', or loss_weighting 'none')")
     if prediction not in WEIGHTED_PREDICTIONS:
         raise ValueError(f"loss weighting {weighting.kind!r} needs prediction "
                          f"{' / '.join(map(repr, WEIGHTED_PREDICTIONS))}, got {prediction!r}")
