@@ -175,7 +175,8 @@ def test_the_real_layout_measurement_runs_and_touches_no_gradient(monkeypatch, t
     monkeypatch.setenv("DDPMKIT_CACHE_DIR", str(tmp_path))
     net = _net()
     before = [p.detach().clone() for p in net.parameters()]
-    choice = P.measured_bf16_layout(net, batch=2, pairs=1)
+    with torch.inference_mode():  # as a sampler may call it
+        choice = P.measured_bf16_layout(net, batch=2, pairs=1)
     assert isinstance(choice, bool) and net.channels_last
     assert all(p.grad is None for p in net.parameters())
     assert all(torch.equal(a, p) for a, p in zip(before, net.parameters(), strict=True))

@@ -84,9 +84,10 @@ def network_key(model) -> str:
 def _step_seconds(model, x, t) -> float:
     params = [p for p in model.parameters() if p.requires_grad]
     start = time.perf_counter()
-    with torch.enable_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(x, t)
-    torch.autograd.grad(out.float().square().mean(), params)  # gradients returned, no .grad touched
+    with torch.inference_mode(False), torch.enable_grad():  # also when called from no_grad / inference code
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x, t)
+        torch.autograd.grad(out.float().square().mean(), params)  # gradients returned, no .grad touched
     return time.perf_counter() - start
 
 
