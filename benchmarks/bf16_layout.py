@@ -18,7 +18,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -30,7 +29,7 @@ from _machine import cpu_info  # noqa: E402
 from unet_speed import Case  # noqa: E402
 
 from ddpmkit.config import load_config  # noqa: E402
-from ddpmkit.networks.precision import cpu_has_native_bf16  # noqa: E402
+from ddpmkit.networks.precision import cpu_has_native_bf16, time_interleaved  # noqa: E402
 from ddpmkit.networks.unet import UNet, unet_preset  # noqa: E402
 from ddpmkit.runs import build_model, resolve_network_config  # noqa: E402
 
@@ -46,19 +45,6 @@ def network(name: str, channels_last: bool):
     cfg = unet_preset(name, channels_last=channels_last)
     torch.manual_seed(0)
     return UNet(cfg), cfg
-
-
-def time_pairs(cases: dict, mode: str, pairs: int) -> tuple[list[float], list[float]]:
-    for case in cases.values():
-        case.run(mode)
-        case.run(mode)
-    secs = {False: [], True: []}
-    for i in range(pairs):
-        for layout in ((False, True) if i % 2 == 0 else (True, False)):
-            start = time.perf_counter()
-            cases[layout].run(mode)
-            secs[layout].append(time.perf_counter() - start)
-    return secs[False], secs[True]
 
 
 def main(argv=None) -> dict:
@@ -85,7 +71,9 @@ def main(argv=None) -> dict:
             for layout in (False, True):
                 model, cfg = network(name, layout)
                 cases[layout] = Case(model, cfg, batch, precision="bf16", library_layout=False)
-            t_nchw, t_cl = time_pairs(cases, mode, args.pairs)
+            secs = time_interleaved({layout: (lambda c=c, m=mode: c.run(m)) for layout, c in cases.items()},
+                                    args.pairs, warmup=2)
+            t_nchw, t_cl = secs[False], secs[True]
             ratio = statistics.median(a / b for a, b in zip(t_nchw, t_cl, strict=True))
             row = {"network": name, "mode": mode, "batch": batch, "nchw_img_s": batch / statistics.median(t_nchw),
                    "channels_last_img_s": batch / statistics.median(t_cl), "nchw_over_channels_last": ratio}

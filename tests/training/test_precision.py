@@ -4,6 +4,7 @@ on CPU (fp32 weights, bit-exact resume) and bf16 sampling."""
 import dataclasses
 import json
 import logging
+import types
 from pathlib import Path
 
 import pytest
@@ -143,12 +144,15 @@ def test_the_bf16_layout_is_the_faster_one_measured_once_and_cached(monkeypatch,
     monkeypatch.delenv(P.LAYOUT_ENV, raising=False)
     calls = []
 
-    def fake(model, x, t):
+    clock = [0.0]
+
+    def fake(model, x, t):  # a pass advances precision's clock by 2 s in the slow layout, 1 s in the other
         calls.append(model.channels_last)
         assert not model.training and x.shape == (P.LAYOUT_BATCH, 1, 8, 8)
-        return 2.0 if model.channels_last == slow_layout else 1.0
+        clock[0] += 2.0 if model.channels_last == slow_layout else 1.0
 
-    monkeypatch.setattr(P, "_step_seconds", fake)
+    monkeypatch.setattr(P, "_forward_backward", fake)
+    monkeypatch.setattr(P, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
     net = _net().train()
     rng = torch.get_rng_state()
     assert P.channels_last_for("cpu", torch.bfloat16, net) is (not slow_layout)

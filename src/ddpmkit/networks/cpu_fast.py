@@ -193,22 +193,17 @@ def keep_paths(ratios: dict[str, dict[str, float]], noise: float = 0.0) -> list[
             and max(ratios[p].values()) >= 1 + gain and min(ratios[p].values()) >= 1 - loss]
 
 
-def save_profile(kept: list[str], measurements: dict) -> Path:
-    """Record the paths kept on this machine (and the whole-step measurements behind them)."""
+def _load() -> tuple[Path, dict, dict]:
+    """The profile file, its whole contents and this machine's entry in them (created empty if absent)."""
     path = profile_path()
     try:
         data = json.loads(path.read_text())
-        if not isinstance(data, dict):
-            data = {}
     except (OSError, ValueError):
         data = {}
-    c = cpu_identity()
-    entry = data.get(profile_key()) if isinstance(data.get(profile_key()), dict) else {}
-    entry.update({"paths": sorted(kept), "cpu": c.get("name", ""), "measurements": measurements})
-    data[profile_key()] = entry  # other sections of the entry (the bf16 layouts) are kept
-    _write(path, data)
-    _profiled.cache_clear()
-    return path
+    data = data if isinstance(data, dict) else {}
+    if not isinstance(data.get(profile_key()), dict):
+        data[profile_key()] = {}
+    return path, data, data[profile_key()]
 
 
 def _write(path: Path, data: dict) -> None:
@@ -218,27 +213,26 @@ def _write(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def save_profile(kept: list[str], measurements: dict) -> Path:
+    """Record the paths kept on this machine (and the whole-step measurements behind them); the other
+    sections of the machine's entry (the bf16 layouts) are kept."""
+    path, data, entry = _load()
+    entry.update({"paths": sorted(kept), "cpu": cpu_identity().get("name", ""), "measurements": measurements})
+    _write(path, data)
+    _profiled.cache_clear()
+    return path
+
+
 def cached(section: str, key: str):
     """What this machine's profile entry holds under ``section``/``key`` (None: nothing yet)."""
-    try:
-        entry = json.loads(profile_path().read_text()).get(profile_key())
-        return entry[section][key] if isinstance(entry, dict) and isinstance(entry.get(section), dict) else None
-    except (OSError, ValueError, AttributeError, KeyError, TypeError):
-        return None
+    section_data = _load()[2].get(section)
+    return section_data.get(key) if isinstance(section_data, dict) else None
 
 
 def cache(section: str, key: str, value) -> Path:
     """Store ``value`` under ``section``/``key`` of this machine's profile entry (the same file and key
     as the kept paths: CPU model and torch version)."""
-    path = profile_path()
-    try:
-        data = json.loads(path.read_text())
-        data = data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        data = {}
-    entry = data.setdefault(profile_key(), {})
-    if not isinstance(entry, dict):
-        entry = data[profile_key()] = {}
+    path, data, entry = _load()
     if not isinstance(entry.get(section), dict):
         entry[section] = {}
     entry[section][key] = value

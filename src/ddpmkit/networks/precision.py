@@ -8,7 +8,7 @@ as oneDNN reports them); elsewhere it falls back to fp32 with one line saying so
 (with the trainer's GradScaler).
 
 The memory layout goes with the precision (:func:`layout_for`).  Under CPU bf16 autocast neither layout
-wins everywhere: on one AMX Xeon (docs/unet.md) channels_last was ~15 % faster for the CIFAR-10 U-Net
+wins everywhere: on one AMX Xeon (docs/unet.md) channels_last sampled the CIFAR-10 U-Net ~17 % faster
 and NCHW 20-50 % faster for the narrow Fashion-MNIST networks.  So a network that can switch (the
 U-Net's ``set_channels_last``) runs in whichever layout a short measurement of *that network on this
 machine* found faster (:func:`measured_bf16_layout`: forward + backward, both layouts interleaved),
@@ -81,14 +81,28 @@ def network_key(model) -> str:
     return f"{type(model).__name__}-{hashlib.sha1(text.encode()).hexdigest()[:16]}"
 
 
-def _step_seconds(model, x, t) -> float:
+def time_interleaved(runs: dict, pairs: int, warmup: int = 1) -> dict[object, list[float]]:
+    """Seconds of each of two callables ``runs = {a: fn_a, b: fn_b}``, run ``warmup`` times each and then
+    ``pairs`` times in alternating order (a b, b a, ...), so slow drift on the machine hits both alike."""
+    keys = list(runs)
+    for key in keys:
+        for _ in range(warmup):
+            runs[key]()
+    secs = {key: [] for key in keys}
+    for i in range(pairs):
+        for key in keys if i % 2 == 0 else keys[::-1]:
+            start = time.perf_counter()
+            runs[key]()
+            secs[key].append(time.perf_counter() - start)
+    return secs
+
+
+def _forward_backward(model, x, t) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
-    start = time.perf_counter()
     with torch.inference_mode(False), torch.enable_grad():  # also when called from no_grad / inference code
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = model(x, t)
         torch.autograd.grad(out.float().square().mean(), params)  # gradients returned, no .grad touched
-    return time.perf_counter() - start
 
 
 def measured_bf16_layout(model, *, batch: int = LAYOUT_BATCH, pairs: int = LAYOUT_PAIRS) -> bool:
@@ -109,20 +123,19 @@ def measured_bf16_layout(model, *, batch: int = LAYOUT_BATCH, pairs: int = LAYOU
     t = torch.randint(0, 1000, (batch,), generator=g)
     had, was_training = model.channels_last, model.training
     model.eval()
-    ratios = []
+
+    def in_layout(channels_last: bool):
+        def run():
+            model.set_channels_last(channels_last)
+            _forward_backward(model, x, t)
+        return run
+
     try:
-        for layout in (False, True):  # one warm-up pass each
-            model.set_channels_last(layout)
-            _step_seconds(model, x, t)
-        for i in range(pairs):
-            secs = {}
-            for layout in ((False, True) if i % 2 == 0 else (True, False)):
-                model.set_channels_last(layout)
-                secs[layout] = _step_seconds(model, x, t)
-            ratios.append(secs[False] / secs[True])
+        secs = time_interleaved({False: in_layout(False), True: in_layout(True)}, pairs)
     finally:
         model.set_channels_last(had)
         model.train(was_training)
+    ratios = [a / b for a, b in zip(secs[False], secs[True], strict=True)]
     ratio = statistics.median(ratios)
     cpu_fast.cache(LAYOUT_SECTION, key, {"channels_last": ratio > 1.0, "nchw_over_channels_last": ratio,
                                          "batch": batch, "pairs": pairs, "config": repr(cfg)})
@@ -189,5 +202,5 @@ def with_autocast(model_fn, device: torch.device | str, dtype: torch.dtype | Non
 
 
 __all__ = ["PRECISIONS", "PRECISION_HELP", "cpu_has_native_bf16", "autocast_dtype", "channels_last_for",
-           "measured_bf16_layout", "network_key", "LAYOUT_ENV", "use_layout_for", "layout_for", "autocast",
-           "with_autocast"]
+           "measured_bf16_layout", "network_key", "time_interleaved", "LAYOUT_ENV", "use_layout_for", "layout_for",
+           "autocast", "with_autocast"]
