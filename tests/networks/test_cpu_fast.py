@@ -165,3 +165,20 @@ def test_cpu_profile_command_dry_run_writes_nothing_and_bad_cases_are_one_line_e
     with pytest.raises(SystemExit) as e:
         main(["cpu-profile", "--case", "digits"])
     assert e.value.code == 2 and "PRESET:BATCH" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec", ["all", "auto"])
+def test_torch_compile_traces_the_unet_in_one_graph(spec):
+    """Inside torch.compile the gate answers before the profile lookup (a file read), so dynamo traces
+    a U-Net with every CPU path switched on -- or read from a profile -- without a single graph break."""
+    from ddpmkit.networks import UNet, UNetConfig
+
+    net = UNet(UNetConfig(image_size=8, in_channels=1, ch=8, ch_mult=(1, 2), num_res_blocks=1,
+                          attn_resolutions=(4,), dropout=0.1, norm_groups=4, channels_last=True)).train()
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 7])
+    torch._dynamo.reset()
+    with cpu_fast.paths(None if spec == "auto" else spec):
+        explained = torch._dynamo.explain(net)(x, t)
+    torch._dynamo.reset()
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1

@@ -177,8 +177,10 @@ def eager_cpu(x: torch.Tensor) -> bool:
 
 
 def use(name: str, x: torch.Tensor) -> bool:
-    """The one gate: path ``name`` is enabled and ``x`` is an eager CPU tensor."""
-    return enabled(name) and eager_cpu(x)
+    """The one gate: path ``name`` is enabled and ``x`` is an eager CPU tensor.  The tensor half goes
+    first, so that torch.compile never traces the profile lookup (a file read: a graph break in every
+    layer)."""
+    return eager_cpu(x) and enabled(name)
 
 
 def keep_paths(ratios: dict[str, dict[str, float]], noise: float = 0.0) -> list[str]:
