@@ -81,6 +81,7 @@ class TrainSection:
     ema: str = "exponential"        # exponential (ema_decay, ema_warmup) | power (EDM2's power function, ema_std)
     ema_std: float = 0.1            # power EMA: the averaging profile's width sigma_rel, relative to training time
     precision: str = "fp32"         # fp32 | bf16 (CUDA, or a CPU with native bf16) | fp16 (CUDA)
+    compile: bool = False           # torch.compile the network's forward + backward (the first step compiles)
     cond_drop_prob: float = 0.1     # label dropout for classifier-free guidance
     log_every: int = 50
     sample_every: int = 0           # 0 = only at the end

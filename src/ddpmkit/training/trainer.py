@@ -17,7 +17,7 @@ import math
 import signal
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -192,6 +192,10 @@ class Trainer:
         if self.dist.enabled:
             self.ddp = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        # train.compile: the network (inside DDP, if any) traced by torch.compile; the optimizer, EMA and
+        # checkpoints keep working on self.model itself.  Compilation happens at the first step.
+        self.net = torch.compile(self.ddp or self.model) if t.compile else (self.ddp or self.model)
+        self._compiled_once = not t.compile
         if fallback is not None and self.dist.is_main:
             self.log_fn(f"train.{fallback}")
         self.scaler = None
@@ -304,6 +308,42 @@ class Trainer:
         n = x.shape[0] // self.dist.world_size
         return x[self.dist.rank * n:(self.dist.rank + 1) * n]
 
+    def _forward_backward(self, model_fn, x0, y, t, w, noise) -> torch.Tensor:
+        """The loss of this process's batch, backpropagated in ``train.grad_accum`` micro-batches (DDP
+        syncs gradients on the last); returns the per-sample losses."""
+        cfg = self.cfg
+        local = x0.shape[0]
+        micro = local // cfg.train.grad_accum
+        losses = torch.empty(local, device=self.device)
+        for k in range(cfg.train.grad_accum):
+            sl = slice(k * micro, (k + 1) * micro)
+            sync = self.ddp is None or k == cfg.train.grad_accum - 1
+            with nullcontext() if sync else self.ddp.no_sync():
+                terms = training_losses(self.process, model_fn, x0[sl], t[sl], loss_type=cfg.diffusion.loss,
+                                        noise=noise[sl], model_kwargs={"y": y[sl]} if y is not None else None,
+                                        weighting=self.loss_weighting)
+                loss = (terms["loss"].float() * w[sl]).sum() / local
+            losses[sl] = terms["loss"].detach().float()
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        return losses
+
+    @contextmanager
+    def _compile_errors(self):
+        """With train.compile, the first step compiles: a compiler that fails here (no C++ compiler, an
+        unsupported platform) is a one-line error naming the way out, not a traceback."""
+        if self._compiled_once:
+            yield
+            return
+        from torch._dynamo.exc import TorchDynamoException
+
+        try:
+            yield
+        except TorchDynamoException as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise UserError(f"train.compile = true: torch.compile failed on this machine ({type(e).__name__}: "
+                            f"{first}); set train.compile = false to train without it") from None
+        self._compiled_once = True
+
     def train_step(self) -> dict:
         cfg, step = self.cfg, self.step
         t, w, noise, flip, drop = (self._local(v) for v in self._global_batch(step))
@@ -318,22 +358,11 @@ class Trainer:
         x0, t, w, noise = (v.to(self.device) for v in (x0, t, w, noise))
         y = y.to(self.device) if y is not None else None
         torch.manual_seed(step_seed(cfg.run.seed, step, 3 + self.dist.rank))  # dropout masks
-        model_fn = with_autocast(self.ddp or self.model, self.device, self.amp_dtype)
-        local = x0.shape[0]
-        micro = local // cfg.train.grad_accum
+        model_fn = with_autocast(self.net, self.device, self.amp_dtype)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(step)
-        losses = torch.empty(local, device=self.device)
-        for k in range(cfg.train.grad_accum):
-            sl = slice(k * micro, (k + 1) * micro)
-            sync = self.ddp is None or k == cfg.train.grad_accum - 1
-            with nullcontext() if sync else self.ddp.no_sync():
-                terms = training_losses(self.process, model_fn, x0[sl], t[sl], loss_type=cfg.diffusion.loss,
-                                        noise=noise[sl], model_kwargs={"y": y[sl]} if y is not None else None,
-                                        weighting=self.loss_weighting)
-                loss = (terms["loss"].float() * w[sl]).sum() / local
-            losses[sl] = terms["loss"].detach().float()
-            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        with self._compile_errors():
+            losses = self._forward_backward(model_fn, x0, y, t, w, noise)
         all_t = D.all_gather_cat(t, self.dist)
         all_losses = D.all_gather_cat(losses, self.dist)
         total = all_losses.mean().item()
