@@ -8,7 +8,9 @@ Fashion-MNIST model is the preset at ch 16), where what bf16 saves in the convol
 casts cost come out differently.  This times the network the config builds, at its batch size: a whole
 step (forward, MSE, backward, fused AdamW, as in the trainer), four variants -- channels_last or NCHW,
 fp32 or bf16 autocast (the trainer's CPU bf16 runs in the one measured faster: ``networks/precision.py``) -- interleaved
-``--rounds`` times, ``--steps`` steps a round; prints img/s and writes --json with the CPU.
+``--rounds`` times, ``--steps`` steps a round; prints img/s and writes --json with the CPU.  ``--compile``
+adds the fp32 variants under ``torch.compile`` (what ``train.compile = true`` runs; their first steps,
+the compilation, are timed apart as ``compile_seconds``).
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ from ddpmkit.runs import build_model, resolve_network_config  # noqa: E402
 SHAPES = {"fashion-mnist": (1, 28, 28), "digits": (1, 8, 8)}
 
 
-def make_step(cfg, shape, batch: int, channels_last: bool, bf16: bool):
+def make_step(cfg, shape, batch: int, channels_last: bool, bf16: bool, compiled: bool = False):
     model = build_model({**resolve_network_config(cfg, shape, None), "channels_last": channels_last}, seed=0)
+    net = torch.compile(model) if compiled else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, *shape, generator=g)
@@ -44,7 +47,7 @@ def make_step(cfg, shape, batch: int, channels_last: bool, bf16: bool):
 
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = model(x, t)
+            out = net(x, t)
         loss = F.mse_loss(out.float(), x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -60,6 +63,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--compile", action="store_true", help="add fp32 rows under torch.compile")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "recipe_step.json")
     a = ap.parse_args(argv)
     cfg = load_config(a.config, [])
@@ -68,11 +72,17 @@ def main(argv=None) -> dict:
                          f"got {cfg.data.name} / {cfg.model.kind}")
     shape, batch = SHAPES[cfg.data.name], a.batch or cfg.train.batch_size
     torch.set_num_threads(a.threads)
-    variants = [(cl, p) for p in (("fp32", "bf16") if cpu_has_native_bf16() else ("fp32",)) for cl in (True, False)]
-    steps = [make_step(cfg, shape, batch, cl, p == "bf16") for cl, p in variants]
-    for s in steps:  # warm-up
-        for _ in range(2):
-            s()
+    variants = [(cl, p, False) for p in (("fp32", "bf16") if cpu_has_native_bf16() else ("fp32",))
+                for cl in (True, False)]
+    if a.compile:
+        variants += [(cl, "fp32", True) for cl in (True, False)]
+    steps = [make_step(cfg, shape, batch, cl, p == "bf16", c) for cl, p, c in variants]
+    first = []
+    for s in steps:  # warm-up (for compiled variants: the compilation)
+        start = time.perf_counter()
+        s()
+        first.append(time.perf_counter() - start)
+        s()
     secs = [[] for _ in variants]
     for _ in range(a.rounds):
         for k, s in enumerate(steps):
@@ -82,11 +92,13 @@ def main(argv=None) -> dict:
             secs[k].append((time.perf_counter() - start) / a.steps)
     rows = []
     print(f"{a.config.name}, batch {batch}, {a.threads} threads, {cpu_info()['model']}")
-    for (cl, p), s in zip(variants, secs, strict=True):
+    for (cl, p, c), s, f in zip(variants, secs, first, strict=True):
         med = statistics.median(s)
-        rows.append({"layout": "channels_last" if cl else "nchw", "precision": p, "batch": batch,
-                     "seconds": med, "img_per_s": batch / med, "round_seconds": s})
-        print(f"  {rows[-1]['layout']:14} {p}  {batch / med:8.1f} img/s")
+        rows.append({"layout": "channels_last" if cl else "nchw", "precision": p, "compiled": c, "batch": batch,
+                     "seconds": med, "img_per_s": batch / med, "round_seconds": s,
+                     **({"compile_seconds": f} if c else {})})
+        print(f"  {rows[-1]['layout']:14} {p}{' compiled' if c else '         '}  {batch / med:8.1f} img/s"
+              + (f"   (first step {f:.0f} s)" if c else ""))
     out = {"benchmark": "recipe_step", "config": str(a.config.relative_to(ROOT)) if a.config.is_relative_to(ROOT)
            else str(a.config), "cpu": cpu_info(), "torch": torch.__version__, "threads": a.threads,
            "rounds": a.rounds, "steps_per_round": a.steps, "rows": rows}

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/unet_speed.py                # full table, writes results/unet_speed.json
     .venv/bin/python benchmarks/unet_speed.py --quick        # fewer repeats
-    .venv/bin/python benchmarks/unet_speed.py --compile      # also rows for torch.compile (if it works)
+    .venv/bin/python benchmarks/unet_speed.py --compile      # also rows for torch.compile, ours and diffusers
 
 For each case it measures (medians over ``--repeats`` timed runs after warm-up):
 
@@ -203,7 +203,7 @@ def make_adamw(model):
 
 def impl_paths(impl: str):
     """The cpu_fast paths an ``ours*`` impl runs with (None: the machine's own choice)."""
-    if impl in ("ours", "ours-nchw", "ours-cl", "ours+compile", "diffusers"):
+    if impl in ("ours", "ours-nchw", "ours-cl", "ours+compile", "diffusers", "diffusers+compile"):
         return None
     if impl == "ours-all":
         return frozenset(cpu_fast.PATHS)
@@ -268,8 +268,8 @@ def main(argv=None):
         return
 
     impls = args.impl or ["ours", "diffusers"]
-    if args.compile:
-        impls.append("ours+compile")
+    if args.compile:  # the peer compiled too, so that the compiled rows compare like with like
+        impls += ["ours+compile"] + (["diffusers+compile"] if "diffusers" in impls else [])
 
     load_start = load_average()
     ceilings = [matmul_ceiling()]
@@ -283,13 +283,13 @@ def main(argv=None):
     print("-" * len(header))
     for (preset, batch, modes), precision in ((c, p) for c in cases for p in args.precision):
         for impl in impls:
-            base_impl = "ours" if impl == "ours+compile" else impl
+            base_impl = impl.removesuffix("+compile")
             model, cfg, is_diff = build(base_impl, preset)
             case = Case(model, cfg, batch, is_diffusers=is_diff, precision=precision, paths=impl_paths(impl),
                         library_layout=impl != "ours-cl")
             flops = {m: case.flops(m) for m in modes}
             executed = {m: case.flops(m, model_flops=False) for m in modes}
-            if impl == "ours+compile":
+            if impl.endswith("+compile"):
                 compiled = maybe_compile(model, example_inputs=(case.x, case.t))
                 if compiled is model:
                     print("torch.compile unavailable here: no compiled rows")
