@@ -12,6 +12,7 @@ import torch
 from ddpmkit.checkpoint import load_checkpoint
 from ddpmkit.config import load_config
 from ddpmkit.errors import TrainingDiverged, UserError
+from ddpmkit.networks.precision import cpu_has_native_bf16
 from ddpmkit.testing.image_folder import make_mixed_folder
 from ddpmkit.testing.tiny import TINY_UNET, tiny_overrides
 from ddpmkit.testing.tiny import toy_overrides as toy_sets
@@ -274,6 +275,22 @@ def test_ddp_two_processes_match_one_process(tmp_path, data):
         torch.testing.assert_close(cd.model[k], cs.model[k], rtol=1e-5, atol=1e-6)
     assert [r["loss"] for r in metrics(tmp_path / "ddp")] == pytest.approx([r["loss"] for r in metrics(single.run_dir)],
                                                                            rel=1e-5)
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16: no layout to measure")
+def test_ddp_ranks_take_rank_0s_measured_bf16_layout(tmp_path):
+    """Under CPU bf16 the layout is measured once, by rank 0, and every rank runs in it (a near-tie measured
+    on each rank could differ, and ranks in different layouts round apart)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29518",
+           "-m", "ddpmkit", "train", "--config", str(ROOT / "configs" / "digits.toml"), "--no-progress"]
+    for s in tiny_overrides(tmp_path / "ddp", 2, **{"train.precision": "bf16", "train.sample_n": 2}):
+        cmd += ["--set", s]
+    env = {**_env(), "DDPMKIT_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("DDPMKIT_BF16_LAYOUT", None)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("timing NCHW vs channels_last") == 1  # rank 0 only
+    assert load_checkpoint(tmp_path / "ddp").step == 2
 
 
 def test_sigint_finishes_the_step_saves_and_exits_zero(tmp_path):

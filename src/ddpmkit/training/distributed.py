@@ -64,6 +64,15 @@ def broadcast_flag(flag: bool, info: DistInfo, device) -> bool:
     return bool(t.item() > 0)
 
 
+def from_main(value: int, info: DistInfo, device) -> int:
+    """Rank 0's ``value`` on every rank (a choice one rank makes for all, e.g. a measured layout)."""
+    if not info.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.broadcast(t, src=0)
+    return int(t.item())
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

@@ -31,7 +31,7 @@ from ..diffusion.timesteps import make_timestep_sampler
 from ..errors import TrainingDiverged, UserError
 from ..networks.factory import config_from_dict as network_from_dict
 from ..networks.factory import config_to_dict
-from ..networks.precision import autocast_dtype, use_layout_for, with_autocast
+from ..networks.precision import autocast_dtype, channels_last_for, use_layout_for, with_autocast
 from ..runs import balanced_labels, build_model, build_process, derive_seed, pick_device, resolve_network_config
 from ..validate import check_config, create_output_dir, resume_changes
 from . import distributed as D
@@ -163,7 +163,7 @@ class Trainer:
         # underflow; bf16 and fp32 do not.  The layout that precision runs fastest in is set before the
         # EMA copy and the optimizer are made from the weights (networks/precision.py).
         self.amp_dtype, fallback = autocast_dtype(t.precision, self.device)
-        use_layout_for(self.model, self.device, self.amp_dtype)
+        self._use_layout()
         self.ema = EMA(self.model, t.ema_decay, t.ema_warmup, kind=t.ema, sigma_rel=t.ema_std)
         # fused AdamW: one kernel for all parameters (about 2x faster optimizer steps on CPU here)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=tuple(t.adam_betas),
@@ -205,6 +205,27 @@ class Trainer:
         self._stop_requested = False
 
     # --- set-up helpers --------------------------------------------------------------------
+    def _use_layout(self) -> None:
+        """The layout for this precision (networks/precision.py), chosen by rank 0 for every rank: a
+        measured near-tie could come out differently on two ranks, whose weights would then round apart."""
+        if not self.dist.enabled:
+            use_layout_for(self.model, self.device, self.amp_dtype)
+            return
+        code, err = -1, None  # -1: keep its own layout, 0 / 1: NCHW / channels_last, 2: rank 0 failed
+        if self.dist.is_main:
+            try:
+                want = channels_last_for(self.device, self.amp_dtype, self.model)
+                code = -1 if want is None else int(want)
+            except UserError as e:
+                code, err = 2, e
+        code = D.from_main(code, self.dist, self.device)
+        if err is not None:
+            raise err
+        if code == 2:
+            raise UserError("rank 0 could not choose the network's layout (its error is above)")
+        if code >= 0 and bool(code) != self.model.channels_last:
+            self.model.set_channels_last(bool(code))
+
     def _check_train_section(self) -> None:
         check_config(self.cfg, self.dist.world_size)  # again: the batch split depends on the process count
 
