@@ -31,7 +31,7 @@ from ..diffusion.timesteps import make_timestep_sampler
 from ..errors import TrainingDiverged, UserError
 from ..networks.factory import config_from_dict as network_from_dict
 from ..networks.factory import config_to_dict
-from ..networks.precision import autocast_dtype, channels_last_for, use_layout_for, with_autocast
+from ..networks.precision import autocast_dtype, channels_last_for, with_autocast
 from ..runs import balanced_labels, build_model, build_process, derive_seed, pick_device, resolve_network_config
 from ..validate import check_config, create_output_dir, resume_changes
 from . import distributed as D
@@ -208,9 +208,6 @@ class Trainer:
     def _use_layout(self) -> None:
         """The layout for this precision (networks/precision.py), chosen by rank 0 for every rank: a
         measured near-tie could come out differently on two ranks, whose weights would then round apart."""
-        if not self.dist.enabled:
-            use_layout_for(self.model, self.device, self.amp_dtype)
-            return
         code, err = -1, None  # -1: keep its own layout, 0 / 1: NCHW / channels_last, 2: rank 0 failed
         if self.dist.is_main:
             try:
