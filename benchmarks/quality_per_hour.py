@@ -20,6 +20,11 @@ are switched off (``train.checkpoint_every = 0``, ``train.sample_every = 0``).  
 decays over ``train.steps``: set it (``--set train.steps=N``) to the steps the budget holds, or the
 schedule is cut off where the budget ends.  Training stops early when it reaches ``train.steps``.
 
+``--every-steps K`` makes the budget one of steps instead: train to ``train.steps`` with a checkpoint
+every K steps, recording the wall time each took.  The machines this runs on drift in speed by a
+quarter within hours (other tenants), so two recipes trained on different afternoons compare fairly at
+equal steps, and the minutes column then says what each mark cost on that afternoon.
+
 A rerun with the same --runs/--name continues: finished stretches and evaluations are reused (the JSON
 records the cumulative wall time); Ctrl-C or SIGTERM stops the whole benchmark at a checkpoint (a signal
 ends the trainer's stretch cleanly; it is not taken for a budget mark), and the same command continues
@@ -70,9 +75,10 @@ def last_logged(run_dir: Path) -> dict:
 
 # --- training -------------------------------------------------------------------------------------
 
-def train_for_budget(cfg, run_dir: Path, budget_marks: list[float], log) -> list[dict]:
-    """Train in stretches that end at each mark of cumulative training wall time; one record per mark:
-    step, images seen, seconds, the checkpoint kept for it.  Reuses the records of an earlier run."""
+def train_for_budget(cfg, run_dir: Path, budget_marks: list[float], log, by: str = "minutes") -> list[dict]:
+    """Train in stretches that end at each mark -- of cumulative training wall time (``by = "minutes"``) or
+    of steps (``by = "steps"``); one record per mark: step, images seen, seconds, the checkpoint kept for
+    it.  Reuses the records of an earlier run."""
     from ddpmkit.checkpoint import find_checkpoint
     from ddpmkit.training.trainer import Trainer
 
@@ -85,6 +91,9 @@ def train_for_budget(cfg, run_dir: Path, budget_marks: list[float], log) -> list
     if records and json.loads(config_file.read_text()) != cfg.to_dict():
         raise SystemExit(f"{run_dir} was trained with another config (see {config_file}); a recipe continues only "
                          "with the same --config and --set values: pick another --name")
+    if records and ("step_mark" in records[0]) != (by == "steps"):
+        raise SystemExit(f"{run_dir} was trained to marks of {'steps' if by == 'minutes' else 'minutes'}; "
+                         "pick another --name")
     config_file.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     seconds = partial["train_seconds"] if partial else records[-1]["train_seconds"] if records else 0.0
     started = bool(records) or partial is not None
@@ -92,36 +101,42 @@ def train_for_budget(cfg, run_dir: Path, budget_marks: list[float], log) -> list
         if records and records[-1]["finished"]:
             break
         trainer = Trainer(cfg, resume=started, progress=False, log=log)
-        remaining = mark * 60.0 - seconds
         at_mark = threading.Event()
 
         def stop_at_mark(trainer=trainer, at_mark=at_mark):
             at_mark.set()
             trainer.request_stop()
 
-        timer = threading.Timer(max(remaining, 0.0), stop_at_mark)
+        timer = threading.Timer(max(mark * 60.0 - seconds, 0.0), stop_at_mark) if by == "minutes" else None
+        max_steps = int(mark) - trainer.step if by == "steps" else None
         tick = time.perf_counter()
-        timer.start()
+        if timer is not None:
+            timer.start()
         try:
-            result = trainer.train()
+            result = trainer.train(max_steps, final_picture=False)
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
         seconds += time.perf_counter() - tick
         started = True
-        if not at_mark.is_set() and result.step < cfg.train.steps:  # the trainer's clean stop on a signal
+        signalled = result.step < mark if by == "steps" else not at_mark.is_set() and result.step < cfg.train.steps
+        if signalled:  # the trainer's clean stop on a signal
             partial_file.write_text(json.dumps({"train_seconds": seconds, "step": result.step}) + "\n")
             raise SystemExit(f"stopped at step {result.step}, {seconds:.1f} s into the budget (checkpoint saved); "
                              "the same command continues from there")
         partial_file.unlink(missing_ok=True)
         kept = find_checkpoint(run_dir)   # train.keep_checkpoints = 0: every mark's checkpoint stays
         row = last_logged(run_dir)
-        records.append({"minutes": mark, "step": result.step, "images_seen": result.step * cfg.train.batch_size,
-                        "train_seconds": seconds, "finished": result.step >= cfg.train.steps,
-                        "last_logged_loss": row.get("loss"), "last_img_per_s": row.get("img_per_s"),
-                        "checkpoint": str(kept)})
+        record = {"minutes": mark if by == "minutes" else round(seconds / 60.0, 2), "step": result.step,
+                  "images_seen": result.step * cfg.train.batch_size, "train_seconds": seconds,
+                  "finished": result.step >= cfg.train.steps, "last_logged_loss": row.get("loss"),
+                  "last_img_per_s": row.get("img_per_s"), "checkpoint": str(kept)}
+        if by == "steps":
+            record["step_mark"] = int(mark)
+        records.append(record)
         record_file.write_text(json.dumps(records, indent=2) + "\n")
-        print(f"[{time.strftime('%H:%M:%S')}] {mark:g} min: step {result.step}, {seconds:.1f} s of training",
-              flush=True)
+        print(f"[{time.strftime('%H:%M:%S')}] {record['minutes']:g} min: step {result.step}, {seconds:.1f} s of "
+              "training", flush=True)
     return records
 
 
@@ -208,6 +223,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--name", default="baseline", help="the recipe's name (its run directory and JSON)")
     ap.add_argument("--minutes", type=float, default=None, help="training wall-time budget (default 60)")
     ap.add_argument("--every", type=float, default=None, help="minutes between checkpoints (default 15)")
+    ap.add_argument("--every-steps", type=int, default=None, metavar="K",
+                    help="a budget of steps instead of minutes: train to train.steps with a checkpoint every K "
+                         "steps, the wall time recorded (recipes compared at equal steps, whatever the machine's "
+                         "speed that hour)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for training and sampling (default 2)")
     ap.add_argument("--n", type=int, default=None, help="samples per checkpoint and sampler (default 1000)")
     ap.add_argument("--samplers", default=None, help=f"NAME:STEPS list (default {DEFAULT_SAMPLERS})")
@@ -226,6 +245,11 @@ def main(argv: list[str] | None = None) -> dict:
                     help="train nothing: score this run, checkpoint or pretrained:NAME the same way (same samplers, "
                          "n, seed and reference), e.g. the shipped model a recipe has to beat")
     a = ap.parse_args(argv)
+    by = "minutes" if a.every_steps is None else "steps"
+    if by == "steps" and (a.minutes is not None or a.every is not None):
+        raise SystemExit("--every-steps sets a budget of steps (train.steps): drop --minutes / --every")
+    if by == "steps" and a.every_steps < 1:
+        raise SystemExit("--every-steps must be >= 1")
     tiny_defaults = {"minutes": 0.04, "every": 0.02, "n": 24, "samplers": TINY_SAMPLERS, "ref_n": 100}
     defaults = {"minutes": 60.0, "every": 15.0, "n": 1000, "samplers": DEFAULT_SAMPLERS, "ref_n": None}
     for k, v in (tiny_defaults if a.tiny else defaults).items():
@@ -252,7 +276,7 @@ def main(argv: list[str] | None = None) -> dict:
     sets += [f"run.out_dir={json.dumps(str(run_dir))}", f"run.threads={a.threads}", "train.checkpoint_every=0",
              "train.sample_every=0", "train.keep_checkpoints=0"]
     cfg = load_config(a.config, sets)
-    budget = marks(a.minutes, a.every)
+    budget = marks(a.minutes, a.every) if by == "minutes" else [int(m) for m in marks(cfg.train.steps, a.every_steps)]
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / "qph.log", "a") as logf:
         def log(msg: str) -> None:
@@ -264,13 +288,16 @@ def main(argv: list[str] | None = None) -> dict:
                 raise SystemExit(f"{run_dir}: nothing trained yet (run without --only eval first)")
             records = json.loads(record_file.read_text())
         else:
-            records = train_for_budget(cfg, run_dir, budget, log)
+            records = train_for_budget(cfg, run_dir, budget, log, by=by)
     if a.only != "train":
         records = evaluate(records, cfg, a, samplers)
     config_name = str(a.config.relative_to(ROOT)) if a.config.is_relative_to(ROOT) else str(a.config)
     payload = {"benchmark": "quality_per_hour", "name": a.name, "cpu_model": cpu_model(), "cpu": cpu_info(),
                "load_note": a.note, "config": config_name, "overrides": list(a.sets), "resolved_config": cfg.to_dict(),
-               "budget_minutes": a.minutes, "every_minutes": a.every, "threads": a.threads,
+               "budget_minutes": a.minutes if by == "minutes" else None,
+               "every_minutes": a.every if by == "minutes" else None,
+               **({"budget_steps": cfg.train.steps, "every_steps": a.every_steps} if by == "steps" else {}),
+               "threads": a.threads,
                "fid_n": a.n, "fid_seed": a.seed, "ref_split": a.ref_split, "ref_n": a.ref_n,
                "features": "the shipped classifier of the dataset (Inception-v3 for others)", "weights": "EMA",
                "samplers": [{"sampler": s, "steps": n} for s, n in samplers], "tiny": a.tiny,

@@ -63,6 +63,24 @@ def test_quality_per_hour_tiny_trains_to_each_mark_and_scores_every_checkpoint(q
         quality_per_hour.main(["--tiny", "--score", str(tmp_path / "nothing"), "--runs", str(tmp_path / "runs")])
 
 
+def test_quality_per_hour_every_steps_trains_to_step_marks_and_records_their_minutes(quality_per_hour, tmp_path):
+    argv = ["--tiny", "--runs", str(tmp_path / "runs"), "--threads", "1", "--only", "train", "--set",
+            "train.steps=7", "--every-steps", "3"]
+    quality_per_hour.main(argv)
+    run_dir = tmp_path / "runs" / "baseline"
+    rows = json.loads((run_dir / "qph_train.json").read_text())
+    assert [r["step"] for r in rows] == [r["step_mark"] for r in rows] == [3, 6, 7]
+    assert [load_checkpoint(r["checkpoint"]).step for r in rows] == [3, 6, 7]
+    assert [r["finished"] for r in rows] == [False, False, True]
+    assert 0 < rows[0]["train_seconds"] < rows[1]["train_seconds"] < rows[2]["train_seconds"]
+    assert all(r["minutes"] == round(r["train_seconds"] / 60, 2) for r in rows)
+    assert not (run_dir / "samples.png").exists()   # no picture inside the timed stretches
+    with pytest.raises(SystemExit, match="drop --minutes"):
+        quality_per_hour.main([*argv, "--minutes", "5"])
+    with pytest.raises(SystemExit, match="marks of steps"):   # a step run is not continued as a timed one
+        quality_per_hour.main(argv[:-2])
+
+
 def test_quality_per_hour_a_signal_stops_the_benchmark_and_the_same_command_continues(quality_per_hour, tmp_path,
                                                                                    monkeypatch):
     """Ctrl-C / SIGTERM (the trainer's clean stop) is not taken for a budget mark: the benchmark exits,

@@ -502,8 +502,9 @@ class Trainer:
             return None
         return SummaryWriter(str(self.run_dir / "tensorboard"))
 
-    def train(self, max_steps: int | None = None) -> TrainResult:
-        """Train until ``train.steps`` (or ``max_steps`` more steps); returns where it stopped."""
+    def train(self, max_steps: int | None = None, *, final_picture: bool = True) -> TrainResult:
+        """Train until ``train.steps`` (or ``max_steps`` more steps); returns where it stopped.  A stretch
+        that ends without a stop request writes ``samples.png`` unless ``final_picture`` is False."""
         cfg = self.cfg
         end = cfg.train.steps if max_steps is None else min(cfg.train.steps, self.step + max_steps)
         if self.dist.is_main:
@@ -549,7 +550,7 @@ class Trainer:
             path = self.checkpoint()
             if self.dist.is_main and path is not None:
                 self.log_fn(f"saved checkpoint {path} (step {self.step})")
-            if not stopped and self.dist.is_main and self.step > 0:
+            if final_picture and not stopped and self.dist.is_main and self.step > 0:
                 pic = self.sample_picture(self.run_dir / "samples.png")
                 self.log_fn(f"wrote {pic}")
             # Every rank leaves together: a gloo rank that tears its process group down while rank 0 is
