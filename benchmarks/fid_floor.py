@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from _machine import cpu_info
 
 from ddpmkit.data import load_dataset
 from ddpmkit.data.pixels import to_model_range
@@ -66,6 +67,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"results": rows, "torch": torch.__version__, "machine": platform.machine(),
+                               "cpu": cpu_info(),
                                "reference": "test split (digits: 359 images; fashion-mnist: 10,000)"}, indent=2) + "\n")
     print(f"wrote {out}")
     return 0

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from _machine import cpu_info
 
 from ddpmkit import GaussianDiffusion
 from ddpmkit.samplers import network_evaluations, sample, steps_for_nfe
@@ -193,7 +194,7 @@ def main() -> None:
                   "sw2_projections": 128, "nfe": list(NFES)},
         "accuracy": acc,
         "overhead": ovh,
-        "machine": {"platform": platform.platform(), "torch": torch.__version__},
+        "machine": {"platform": platform.platform(), "torch": torch.__version__, "cpu": cpu_info()},
         "wall_s": time.perf_counter() - t0,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
