@@ -21,9 +21,10 @@ decays over ``train.steps``: set it (``--set train.steps=N``) to the steps the b
 schedule is cut off where the budget ends.  Training stops early when it reaches ``train.steps``.
 
 ``--every-steps K`` makes the budget one of steps instead: train to ``train.steps`` with a checkpoint
-every K steps, recording the wall time each took.  The machines this runs on drift in speed by a
-quarter within hours (other tenants), so two recipes trained on different afternoons compare fairly at
-equal steps, and the minutes column then says what each mark cost on that afternoon.
+every K steps, recording the wall time each took.  The machines this runs on drift in speed by up
+to half within hours (other tenants; 123 vs 66 img/s on one CPU), so two recipes trained on
+different afternoons compare fairly at equal steps, and the minutes column then says what each mark
+cost on that afternoon.
 
 A rerun with the same --runs/--name continues: finished stretches and evaluations are reused (the JSON
 records the cumulative wall time); Ctrl-C or SIGTERM stops the whole benchmark at a checkpoint (a signal
