@@ -90,6 +90,37 @@ def test_bf16_training_on_cpu_keeps_fp32_weights_differs_from_fp32_and_resumes_b
     assert any(not torch.equal(a.model[k], c.model[k]) for k in a.model)  # autocast really ran
 
 
+def test_a_resumed_bf16_run_keeps_the_layout_it_trained_in(tmp_path, monkeypatch):
+    """The CPU bf16 layout a run trained in is stored in its checkpoints and kept on --resume, whatever a
+    new measurement would say (a near-tie can flip, and the other layout rounds differently)."""
+    monkeypatch.setattr(P, "cpu_has_native_bf16", lambda: True)  # autocast runs either way; only speed differs
+    monkeypatch.delenv(P.LAYOUT_ENV, raising=False)
+    answer, calls = [True], []
+
+    def measure(model, **_):
+        calls.append(model.channels_last)
+        return answer[0]
+    monkeypatch.setattr(P, "measured_bf16_layout", measure)
+    K = 2
+    digits = ROOT / "configs" / "digits.toml"
+    train(load_config(digits, _sets(tmp_path / "full", 2 * K, "bf16")), progress=False)
+    half = load_config(digits, _sets(tmp_path / "half", 2 * K, "bf16"))
+    train(half, progress=False, max_steps=K)
+    assert len(calls) == 2 and load_checkpoint(tmp_path / "half").extra["channels_last"] is True
+    answer[0] = False  # a new measurement would now pick NCHW
+    assert train(half, resume=True, progress=False).step == 2 * K
+    assert len(calls) == 2  # not measured again
+    a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "half")
+    assert b.extra["channels_last"] is True
+    assert all(torch.equal(a.model[k], b.model[k]) for k in a.model)
+    assert all(torch.equal(a.ema[k], b.ema[k]) for k in a.ema)
+    # resumed at another precision, the stored layout is not that precision's choice: measured anew
+    fp32_then_bf16 = load_config(digits, _sets(tmp_path / "mixed", 2 * K, "fp32"))
+    train(fp32_then_bf16, progress=False, max_steps=K)
+    train(load_config(digits, _sets(tmp_path / "mixed", 2 * K, "bf16")), resume=True, progress=False)
+    assert len(calls) == 3 and load_checkpoint(tmp_path / "mixed").extra["channels_last"] is False
+
+
 @needs_bf16
 def test_bf16_sampling_is_close_to_fp32_and_float32(tmp_path):
     train(load_config(ROOT / "configs" / "digits.toml", _sets(tmp_path / "run", 2, "fp32")), progress=False)

@@ -142,10 +142,12 @@ def measured_bf16_layout(model, *, batch: int = LAYOUT_BATCH, pairs: int = LAYOU
     return ratio > 1.0
 
 
-def channels_last_for(device: torch.device | str, dtype: torch.dtype | None, model=None) -> bool | None:
+def channels_last_for(device: torch.device | str, dtype: torch.dtype | None, model=None, *,
+                      known: bool | None = None) -> bool | None:
     """The layout ``model`` should run in under this autocast dtype: for bf16 on CPU, the faster one
-    on this machine (``DDPMKIT_BF16_LAYOUT``, else :func:`measured_bf16_layout`); None (its own
-    choice) otherwise, and for a model that cannot switch."""
+    on this machine (``DDPMKIT_BF16_LAYOUT``, else ``known`` -- a layout chosen before, e.g. the one
+    a resumed run trained in -- else :func:`measured_bf16_layout`); None (its own choice) otherwise,
+    and for a model that cannot switch."""
     if dtype != torch.bfloat16 or torch.device(device).type != "cpu" or not _switchable(model):
         return None
     forced = os.environ.get(LAYOUT_ENV, "auto").strip().lower() or "auto"
@@ -153,6 +155,8 @@ def channels_last_for(device: torch.device | str, dtype: torch.dtype | None, mod
         raise UserError(f"{LAYOUT_ENV} must be one of {', '.join(LAYOUT_CHOICES)}, got {forced!r}")
     if forced != "auto":
         return forced == "channels_last"
+    if known is not None:
+        return bool(known)
     return measured_bf16_layout(model)
 
 

@@ -163,7 +163,8 @@ class Trainer:
         # underflow; bf16 and fp32 do not.  The layout that precision runs fastest in is set before the
         # EMA copy and the optimizer are made from the weights (networks/precision.py).
         self.amp_dtype, fallback = autocast_dtype(t.precision, self.device)
-        self._use_layout()
+        ckpt = self._load_resume_checkpoint() if resume else None
+        self._use_layout(self._stored_layout(ckpt))
         self.ema = EMA(self.model, t.ema_decay, t.ema_warmup, kind=t.ema, sigma_rel=t.ema_std)
         # fused AdamW: one kernel for all parameters (about 2x faster optimizer steps on CPU here)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=tuple(t.adam_betas),
@@ -181,8 +182,8 @@ class Trainer:
         self.loss_weighting = LossWeighting(d.loss_weighting, d.min_snr_gamma, d.p2_gamma, d.p2_k)
         self.step = 0
         self.window = self._empty_window()
-        if resume:
-            self._resume()
+        if ckpt is not None:
+            self._resume(ckpt)
         elif (self.run_dir / "checkpoints").is_dir() and list_checkpoints(self.run_dir / "checkpoints"):
             raise UserError(f"{self.run_dir} already holds checkpoints; pass --resume to continue that run "
                             "or set run.out_dir to a new directory (nothing was overwritten)")
@@ -205,13 +206,15 @@ class Trainer:
         self._stop_requested = False
 
     # --- set-up helpers --------------------------------------------------------------------
-    def _use_layout(self) -> None:
+    def _use_layout(self, known: bool | None = None) -> None:
         """The layout for this precision (networks/precision.py), chosen by rank 0 for every rank: a
-        measured near-tie could come out differently on two ranks, whose weights would then round apart."""
+        measured near-tie could come out differently on two ranks, whose weights would then round apart.
+        ``known``: the layout a resumed run trained in, kept instead of measuring again (a near-tie
+        measured anew could flip it, and the other layout rounds differently: no bit-exact resume)."""
         code, err = -1, None  # -1: keep its own layout, 0 / 1: NCHW / channels_last, 2: rank 0 failed
         if self.dist.is_main:
             try:
-                want = channels_last_for(self.device, self.amp_dtype, self.model)
+                want = channels_last_for(self.device, self.amp_dtype, self.model, known=known)
                 code = -1 if want is None else int(want)
             except UserError as e:
                 code, err = 2, e
@@ -230,11 +233,22 @@ class Trainer:
         return {"loss_sum": 0.0, "count": 0, "q_sum": [0.0] * QUARTERS, "q_count": [0] * QUARTERS,
                 "grad_norm_sum": 0.0, "steps": 0}
 
-    def _resume(self) -> None:
+    def _load_resume_checkpoint(self) -> Checkpoint:
         try:
-            ckpt = load_checkpoint(self.run_dir, map_location=self.device)
+            return load_checkpoint(self.run_dir, map_location=self.device)
         except UserError as e:
             raise UserError(f"--resume: {e}") from None
+
+    def _stored_layout(self, ckpt: Checkpoint | None) -> bool | None:
+        """The layout (channels_last or not) ``ckpt`` was trained in, if it was trained at this precision
+        on this kind of device; None otherwise (then it is chosen as for a new run)."""
+        if ckpt is None or not isinstance(ckpt.extra.get("channels_last"), bool):
+            return None
+        stored = ckpt.config.get("train", {}).get("precision")
+        same_device = ckpt.extra.get("device_type", self.device.type) == self.device.type
+        return ckpt.extra["channels_last"] if stored == self.cfg.train.precision and same_device else None
+
+    def _resume(self, ckpt: Checkpoint) -> None:
         try:
             stored = config_from_dict(ckpt.config).to_dict()
         except UserError as e:
@@ -441,13 +455,15 @@ class Trainer:
         """The whole training state of this step as a ``Checkpoint`` (nothing written)."""
         extra_tensors = {}
         sampler_state = self.t_sampler.state_dict()
+        layout = getattr(self.model, "channels_last", None)  # kept on resume (_stored_layout)
         for k, v in sampler_state.items():
             extra_tensors[k] = torch.as_tensor(v)
         ckpt = Checkpoint(step=self.step, config=self.cfg.to_dict(), network=self.network_config,
                           model=self.model.state_dict(), ema=self.ema.state_dict(),
                           optimizer=self.optimizer.state_dict(),
                           extra={"ema_updates": self.ema.num_updates, "window": self.window,
-                                 "world_size": self.dist.world_size,
+                                 "world_size": self.dist.world_size, "device_type": self.device.type,
+                                 **({"channels_last": layout} if isinstance(layout, bool) else {}),
                                  **({"data_sha256": self._data_sha256} if self._data_sha256 else {})},
                           extra_tensors=extra_tensors)
         return ckpt
