@@ -18,6 +18,21 @@ def quality_per_hour(monkeypatch):
     return importlib.import_module("quality_per_hour")
 
 
+def test_benchmark_jsons_name_the_cpu_as_the_cpu_path_profiles_key_it(monkeypatch):
+    from ddpmkit.networks import cpu_fast
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    machine = importlib.import_module("_machine")
+    assert machine.cpu_identity is cpu_fast.cpu_identity  # one reader of /proc/cpuinfo
+    fake = {"vendor": "GenuineIntel", "family": "6", "model": "167", "name": "Some Xeon",
+            "flags": frozenset({"avx2", "amx_bf16", "sse2"})}
+    monkeypatch.setattr(machine, "cpu_identity", lambda: fake)
+    info = machine.cpu_info()
+    assert (info["model"], info["family"], info["model_number"]) == ("Some Xeon", "6", "167")
+    assert info["flags"] == ["avx2", "amx_bf16"]  # FLAGS order, others left out
+    assert machine.cpu_model() == "Some Xeon (family 6, model 167; avx2 amx_bf16)"
+
+
 def test_budget_marks(quality_per_hour):
     assert quality_per_hour.marks(60, 15) == [15, 30, 45, 60]
     assert quality_per_hour.marks(50, 15) == [15, 30, 45, 50]
