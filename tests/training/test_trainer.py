@@ -1,6 +1,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -239,6 +240,14 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
         torch.testing.assert_close(ca.model[k], cb.model[k], rtol=1e-5, atol=1e-6)
 
 
+def _free_port() -> str:
+    """A port free right now, so two test runs on one machine (a CI job beside a developer's) do not
+    meet on a fixed rendezvous port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
 def _env():
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
@@ -259,7 +268,7 @@ def test_ddp_two_processes_match_one_process(tmp_path, data):
 
         def sets(out):
             return tiny_overrides(out, 3, **{"data.flip": "true", "train.sample_n": 2}) + folder_sets(tmp_path)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _free_port(),
            "-m", "ddpmkit", "train", "--config", str(config), "--no-progress"]
     for s in sets(tmp_path / "ddp"):
         cmd += ["--set", s]
@@ -281,7 +290,7 @@ def test_ddp_two_processes_match_one_process(tmp_path, data):
 def test_ddp_ranks_take_rank_0s_measured_bf16_layout(tmp_path):
     """Under CPU bf16 the layout is measured once, by rank 0, and every rank runs in it (a near-tie measured
     on each rank could differ, and ranks in different layouts round apart)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29518",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _free_port(),
            "-m", "ddpmkit", "train", "--config", str(ROOT / "configs" / "digits.toml"), "--no-progress"]
     for s in tiny_overrides(tmp_path / "ddp", 2, **{"train.precision": "bf16", "train.sample_n": 2}):
         cmd += ["--set", s]
