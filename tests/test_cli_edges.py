@@ -70,6 +70,24 @@ def test_fid_reference_cache_is_in_the_user_cache_never_beside_the_data(tmp_path
     assert list(data.iterdir()) == []
 
 
+def test_every_cache_has_one_root_and_prepared_data_can_move_alone(tmp_path, monkeypatch):
+    from ddpmkit.data.prepared import default_cache_root
+    from ddpmkit.networks.cpu_fast import profile_path
+
+    for env in ("DDPMKIT_CACHE_DIR", "DDPMKIT_PREPARED_DIR"):
+        monkeypatch.delenv(env, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    root = tmp_path / "xdg" / "ddpmkit"
+    assert (cache_dir_for(""), profile_path(), default_cache_root()) == (
+        root / "fid-stats", root / "cpu_fast.json", root / "prepared")
+    monkeypatch.setenv("DDPMKIT_CACHE_DIR", str(tmp_path / "mine"))
+    mine = tmp_path / "mine"
+    assert (cache_dir_for(""), profile_path(), default_cache_root()) == (
+        mine / "fid-stats", mine / "cpu_fast.json", mine / "prepared")
+    monkeypatch.setenv("DDPMKIT_PREPARED_DIR", str(tmp_path / "big-disk"))
+    assert default_cache_root() == tmp_path / "big-disk" and profile_path() == mine / "cpu_fast.json"
+
+
 def test_checkpoint_weights_are_world_readable(tiny_run):
     ckpt = next((tiny_run / "checkpoints").glob("step_*"))
     assert ckpt.stat().st_mode & 0o777 == 0o755

@@ -12,7 +12,7 @@ PKG = Path(ddpmkit.__file__).parent
 
 # floor of each top-level part of the package; a module may import from floors <= its own
 FLOORS = {
-    "errors": 0, "argtypes": 0,
+    "errors": 0, "argtypes": 0, "cache": 0,
     "config": 1, "checkpoint": 1, "diffusion": 1, "data": 1,
     "networks": 2, "viz": 2, "testing": 2,
     "samplers": 3, "diffusers_pipeline": 3,

@@ -393,7 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "path (conv_weight_grad, groupnorm_sums, dropout_bits, upsample_transposed) on alone against "
                     "torch's own ops, interleaved, with an A/A control for the noise; keep a path that makes some "
                     "step >= 3 % faster and none > 2 % slower (both bounds raised to the noise), and write the "
-                    "choice to $DDPMKIT_CACHE_DIR or ~/.cache/ddpmkit/cpu_fast.json, keyed by CPU model and torch "
+                    "choice to cpu_fast.json in the user cache ($DDPMKIT_CACHE_DIR, else $XDG_CACHE_HOME/ddpmkit, else "
+                    "~/.cache/ddpmkit), keyed by CPU model and torch "
                     "version, where DDPMKIT_CPU_FAST=auto (the default) finds it. About 5 minutes on 2 cores with "
                     "the default cases; run it on an otherwise idle machine. Without a profile every layer runs "
                     "torch's op.")

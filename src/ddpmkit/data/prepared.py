@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..cache import user_cache_dir
 from .dataset import DataError, Dataset
 
 FORMAT_VERSION = 1
@@ -48,11 +49,11 @@ ENV_CACHE = "DDPMKIT_PREPARED_DIR"
 
 
 def default_cache_root() -> Path:
-    """``$DDPMKIT_PREPARED_DIR``, else ``$XDG_CACHE_HOME/ddpmkit/prepared`` (``~/.cache/ddpmkit/prepared``)."""
+    """``$DDPMKIT_PREPARED_DIR``, else ``prepared/`` in the user cache (``$DDPMKIT_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/ddpmkit``, else ``~/.cache/ddpmkit``: ddpmkit.cache)."""
     if os.environ.get(ENV_CACHE):
         return Path(os.environ[ENV_CACHE])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "ddpmkit" / "prepared"
+    return user_cache_dir() / "prepared"
 
 
 # --- the source: what is decoded, and its fingerprint ------------------------------------------

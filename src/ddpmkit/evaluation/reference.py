@@ -18,20 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cache import user_cache_dir
 from ..data import load_dataset
 from ..data.pixels import to_model_range
 from ..errors import UserError
 from .metrics import feature_stats
 
 CACHE_VERSION = 1
-
-
-def user_cache_dir() -> Path:
-    env = os.environ.get("DDPMKIT_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "ddpmkit"
 
 
 def cache_dir_for(source: str, override: str | Path | None = None) -> Path:

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+from ..cache import user_cache_dir
 from ..errors import UserError
 
 PATHS = ("conv_weight_grad", "groupnorm_sums", "dropout_bits", "upsample_transposed")
@@ -97,8 +98,7 @@ def profile_key() -> str:
 
 
 def profile_path() -> Path:
-    root = os.environ.get("DDPMKIT_CACHE_DIR") or Path.home() / ".cache" / "ddpmkit"
-    return Path(root) / "cpu_fast.json"
+    return user_cache_dir() / "cpu_fast.json"
 
 
 @lru_cache(maxsize=1)
