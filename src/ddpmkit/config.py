@@ -75,6 +75,7 @@ class TrainSection:
     warmup: int = 0
     lr_schedule: str = "constant"   # after warm-up: constant | cosine | linear (decay to lr_min at the last step)
     lr_min: float = 0.0             # the decaying schedules' final learning rate
+    lr_decay_start: int = 0         # the step a decaying schedule starts from (0 = right after warm-up)
     grad_clip: float = 1.0          # 0 = no clipping
     ema_decay: float = 0.9999
     ema_warmup: bool = True         # decay min(ema_decay, (1 + n) / (10 + n))

@@ -125,6 +125,7 @@ def _rules() -> dict[str, Callable[[str, Any], None]]:
         "train.lr": positive, "train.weight_decay": at_least(0), "train.adam_betas": _pair_in_unit_interval,
         "train.warmup": at_least(0), "train.grad_clip": at_least(0), "train.ema_decay": between(0, 1),
         "train.lr_schedule": one_of(LR_SCHEDULES), "train.lr_min": at_least(0),
+        "train.lr_decay_start": at_least(0),
         "train.ema": one_of(EMA_KINDS), "train.ema_std": _in_open_closed(0.0, MAX_EMA_STD),
         "train.precision": one_of(("fp32", "bf16", "fp16")), "train.cond_drop_prob": between(0, 1),
         "train.log_every": at_least(1), "train.sample_every": at_least(0), "train.sample_n": at_least(1),
@@ -154,6 +155,9 @@ def check_config(cfg: Config, world_size: int = 1) -> None:
     if t.lr_schedule != "constant" and t.lr_min > t.lr:
         raise UserError(f"train.lr_min = {t.lr_min!r} must not exceed train.lr = {t.lr!r} (the schedule decays "
                         "from train.lr to train.lr_min)")
+    if t.lr_schedule != "constant" and t.lr_decay_start and t.lr_decay_start >= t.steps:
+        raise UserError(f"train.lr_decay_start = {t.lr_decay_start} must be below train.steps = {t.steps} "
+                        "(the decay ends at the last step)")
     if t.batch_size % (world_size * t.grad_accum):
         raise UserError(f"train.batch_size = {t.batch_size} must be divisible by processes x grad_accum "
                         f"= {world_size} x {t.grad_accum} (train.grad_accum)")

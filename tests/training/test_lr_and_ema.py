@@ -49,6 +49,26 @@ def test_decaying_schedules_at_chosen_steps(schedule):
         lr_at(500, lr=lr, warmup=0, steps=10, schedule="step")
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_decay_start_holds_the_rate_then_decays_the_rest(schedule):
+    """Warm-up, stable, decay: with decay_start the rate is lr up to that step, then the same curve as a
+    decay-only run over the remaining steps (shifted); a decay_start inside the warm-up changes nothing."""
+    lr, lr_min, warmup, start, steps = 4e-3, 0.0, 200, 20_000, 25_000
+    kw = dict(lr=lr, warmup=warmup, steps=steps, schedule=schedule, lr_min=lr_min, decay_start=start)
+    assert lr_at(99, **kw) == lr * 100 / warmup                        # warm-up untouched
+    assert all(lr_at(s, **kw) == lr for s in range(warmup, start + 1, 997))
+    assert lr_at(start, **kw) == lr                                    # the decay starts from lr
+    shifted = dict(lr=lr, warmup=0, steps=steps - start, schedule=schedule, lr_min=lr_min)
+    for s in range(start, steps + 10, 113):
+        assert lr_at(s, **kw) == lr_at(s - start, **shifted)
+    assert lr_at(steps - 1, **kw) == pytest.approx(lr_min, abs=1e-18)
+    assert lr_at(start + (steps - 1 - start) // 2, **kw) == pytest.approx((lr + lr_min) / 2, rel=1e-3)
+    early = dict(kw, decay_start=50)                                    # <= warmup: the plain schedule
+    plain = dict(kw, decay_start=0)
+    assert all(lr_at(s, **early) == lr_at(s, **plain) for s in range(0, steps, 251))
+    assert lr_at(start, lr=lr, warmup=warmup, steps=steps, decay_start=start) == lr   # constant ignores it
+
+
 class Scalar(nn.Module):
     def __init__(self):
         super().__init__()

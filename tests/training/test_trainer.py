@@ -139,6 +139,35 @@ def test_resume_refuses_a_new_loss_weighting_and_accepts_a_new_lr_schedule(tmp_p
                for n in notes)
 
 
+def test_a_constant_run_resumed_into_a_late_decay_equals_the_decay_run_from_the_start(tmp_path):
+    """train.lr_decay_start: a run trained at a constant rate for K steps and resumed with a linear decay
+    starting at step K ends bit for bit where a run with that warm-up-stable-decay schedule from the start
+    ends (the constant part is the same rate), and its logged rates are the schedule's."""
+    from ddpmkit.training.lr import lr_at
+
+    K = 3
+    decay = {"train.lr_schedule": "linear", "train.lr_decay_start": str(K), "train.warmup": "1"}
+    full = load_config(ROOT / "configs" / "digits.toml", tiny_overrides(tmp_path / "full", 2 * K, **decay))
+    train(full, progress=False)
+    first = load_config(ROOT / "configs" / "digits.toml", tiny_overrides(tmp_path / "half", K, **{
+        "train.warmup": "1", "train.lr_schedule": "constant"}))
+    assert train(first, progress=False).step == K
+    notes = []
+    then = load_config(ROOT / "configs" / "digits.toml", tiny_overrides(tmp_path / "half", 2 * K, **decay))
+    trainer = Trainer(then, resume=True, progress=False, log=notes.append)
+    assert any("train.lr_schedule 'constant' -> 'linear'" in n and "train.lr_decay_start 0 -> 3" in n
+               for n in notes)
+    trainer.train()
+    assert_same_state(tmp_path / "full", tmp_path / "half")
+    rows, half = metrics(tmp_path / "full"), metrics(tmp_path / "half")
+    assert [r["step"] for r in half] == [2, 3, 4, 6]        # the first run's end (step 3) logs a row too
+    assert rows[0] == half[0] and rows[-1] == half[-1]       # the windows both runs share log the same
+    t = full.train
+    for r in rows + half:
+        assert r["lr"] == lr_at(r["step"] - 1, lr=t.lr, warmup=1, steps=2 * K, schedule="linear", decay_start=K)
+    assert rows[1]["lr"] == t.lr and rows[-1]["lr"] == 0.0  # constant up to step K, then down to 0
+
+
 def test_prepared_folder_trains_bit_identically_to_the_in_memory_folder(tmp_path):
     """Same folder read from its memory-mapped prepared copy or decoded into memory: same batches, same run."""
     runs = {}

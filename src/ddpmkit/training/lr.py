@@ -8,7 +8,7 @@ LR_SCHEDULES = ("constant", "cosine", "linear")
 
 
 def lr_at(step: int, *, lr: float, warmup: int = 0, steps: int = 0, schedule: str = "constant",
-          lr_min: float = 0.0) -> float:
+          lr_min: float = 0.0, decay_start: int = 0) -> float:
     """The learning rate of step ``step`` (0-based) of a ``steps``-step run.
 
     * warm-up (``warmup`` > 0): ``lr * (step + 1) / warmup`` for the first ``warmup`` steps;
@@ -24,7 +24,8 @@ def lr_at(step: int, *, lr: float, warmup: int = 0, steps: int = 0, schedule: st
         return lr
     if schedule not in LR_SCHEDULES:
         raise ValueError(f"unknown learning-rate schedule {schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
-    p = min(1.0, max(0.0, (step - warmup) / max(1, steps - 1 - warmup)))
+    start = max(warmup, decay_start)
+    p = min(1.0, max(0.0, (step - start) / max(1, steps - 1 - start)))
     if schedule == "cosine":
         return lr_min + (lr - lr_min) * 0.5 * (1.0 + math.cos(math.pi * p))
     return lr + (lr_min - lr) * p

@@ -304,7 +304,8 @@ class Trainer:
     # --- one step --------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
         t = self.cfg.train
-        return lr_at(step, lr=t.lr, warmup=t.warmup, steps=t.steps, schedule=t.lr_schedule, lr_min=t.lr_min)
+        return lr_at(step, lr=t.lr, warmup=t.warmup, steps=t.steps, schedule=t.lr_schedule, lr_min=t.lr_min,
+                     decay_start=t.lr_decay_start)
 
     def batch_indices(self, step: int) -> torch.Tensor:
         """Data indices of the global batch of ``step``: a pure function of (seed, step) -- each epoch is
