@@ -18,32 +18,36 @@ def _load(path: Path) -> dict | None:
 
 
 def fid_table(root: Path) -> list[str]:
-    rows = []
+    rows, ns = [], set()
     for sampler, steps in ORDER:
         r = _load(root / f"fid_{sampler.replace('++', 'pp')}_{steps}.json")
         if r is None:
             continue
-        rows.append(f"| {LABEL[sampler]} | {steps} | {r['fid']:.2f} | {r['precision']:.3f} | {r['recall']:.3f} | "
-                    f"{r['inception_score']:.2f} | {r['confident_fraction']:.0%} | {r['confident_classes']}/"
-                    f"{r['num_classes']} | {r['seconds_per_image'] * 1000:.0f} |")
+        ns.add(r["n"])
+        rows.append(f"| {LABEL[sampler]} | {steps} | {r['n']:,} | {r['fid']:.2f} | {r['precision']:.3f} | "
+                    f"{r['recall']:.3f} | {r['inception_score']:.2f} | {r['confident_fraction']:.0%} | "
+                    f"{r['confident_classes']}/{r['num_classes']} | {r['seconds_per_image'] * 1000:.0f} |")
     if not rows:
         return []
     any_row = next(_load(p) for p in sorted(root.glob("fid_*_*.json")) if "floor" not in p.name)
-    head = [f"n = {any_row['n']} samples per row (seed {any_row['seed']}) against the {any_row['ref_n']:,} "
+    head = [f"n samples per row (seed {any_row['seed']}) against the {any_row['ref_n']:,} "
             f"{any_row['ref_split']} images, {any_row['features']} features ({any_row['feature_dim']}-d); "
             "ms/image: sampling time at batch 256 with 2 threads on this 2-core CPU; classes: classes with at least "
             "one confident sample.", "",
-            "| sampler | steps (NFE) | FID ↓ | precision | recall | IS | confident (p > 0.9) | classes | ms/image |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    floor = next(iter(sorted(root.glob("fid_floor_n*.json"))), None)
+            "| sampler | steps (NFE) | n | FID ↓ | precision | recall | IS | confident (p > 0.9) | classes | ms/image |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     tail = []
-    if floor is not None:
-        f = _load(floor)["results"][0]
-        fl, nz = f["floor_train_vs_test"], f["noise_vs_test"]
-        tail = [f"| real training images (floor) | – | {fl['fid']:.2f} | {fl['precision']:.3f} | {fl['recall']:.3f} | "
-                f"{fl['inception_score']:.2f} | – | – | – |",
-                f"| Gaussian noise | – | {nz['fid']:.2f} | {nz['precision']:.3f} | {nz['recall']:.3f} | "
-                f"{nz['inception_score']:.2f} | – | – | – |"]
+    floors = {_load(f)["results"][0]["floor_train_vs_test"]["n_fake"]: _load(f)["results"][0]
+              for f in root.glob("fid_floor_n*.json")}
+    for n in sorted(n for n in floors if n in ns):   # one floor per n the rows use
+        fl = floors[n]["floor_train_vs_test"]
+        tail.append(f"| real training images (floor) | – | {n:,} | {fl['fid']:.2f} | {fl['precision']:.3f} | "
+                    f"{fl['recall']:.3f} | {fl['inception_score']:.2f} | – | – | – |")
+    if floors:
+        nz_n = max(n for n in floors if n in ns) if any(n in ns for n in floors) else max(floors)
+        nz = floors[nz_n]["noise_vs_test"]
+        tail.append(f"| Gaussian noise | – | {nz_n:,} | {nz['fid']:.2f} | {nz['precision']:.3f} | {nz['recall']:.3f} | "
+                    f"{nz['inception_score']:.2f} | – | – | – |")
     return head + rows + tail
 
 

@@ -17,13 +17,13 @@ def test_shipped_model_is_small_and_describes_itself(capsys):
     assert files == ["ema.safetensors", "state.json"]
     assert sum(f.stat().st_size for f in (PRETRAINED_DIR / "fashion-mnist").iterdir()) < 5 * 2**20
     run = load_run(NAME)
-    assert run.uses_ema and run.checkpoint.step == run.config.train.steps == 8000
+    assert run.uses_ema and run.checkpoint.step == run.config.train.steps == 20_000
     c = run.config
     assert (c.data.name, c.diffusion.schedule, c.diffusion.loss, c.diffusion.variance) == \
         ("fashion-mnist", "linear", "simple", "fixed_small")
     assert sum(p.numel() for p in run.model.parameters()) == 989_217
     assert main(["info", NAME]) == 0
-    assert "step         8000" in capsys.readouterr().out
+    assert "step         20000" in capsys.readouterr().out
 
 
 def test_sample_command_runs_offline_on_the_shipped_model(tmp_path):
