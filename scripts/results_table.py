@@ -34,7 +34,8 @@ def fid_table(root: Path) -> list[str]:
             f"{any_row['ref_split']} images, {any_row['features']} features ({any_row['feature_dim']}-d); "
             "ms/image: sampling time at batch 256 with 2 threads on this 2-core CPU; classes: classes with at least "
             "one confident sample.", "",
-            "| sampler | steps (NFE) | n | FID ↓ | precision | recall | IS | confident (p > 0.9) | classes | ms/image |",
+            "| sampler | steps (NFE) | n | FID ↓ | precision | recall | IS | confident (p > 0.9) | classes "
+            "| ms/image |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     tail = []
     floors = {_load(f)["results"][0]["floor_train_vs_test"]["n_fake"]: _load(f)["results"][0]
